@@ -1,0 +1,1 @@
+"""shoelib: the helper package behind the notebooks (catalogue -> dataset -> LoRA -> synthetic images)."""

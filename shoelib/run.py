@@ -1,0 +1,179 @@
+"""Run the notebook chain headless with papermill.
+
+    python -m shoelib.run --profile demo                 # 01 -> 07 on the embedded default
+    python -m shoelib.run --profile full --from 05       # resume the real job at training
+    python -m shoelib.run --profile demo --only 01,02 -p data_root ../shared/real-sample
+
+Each notebook gets the keys of `configs/<profile>.yaml` (plus `-p` overrides) that its
+`parameters` cell declares, and is written to `reports/<profile>/NN_name.ipynb` with a
+rendered `.html` beside it. The run stops at the first failing notebook and names the cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from shoelib.io import write_text
+from shoelib.paths import CONFIGS_DIR, NOTEBOOKS_DIR, PROJECT_ROOT, REPORTS_DIR
+
+
+class RunError(Exception):
+    """A user mistake in the run request (unknown profile, key or notebook)."""
+
+
+@dataclass(frozen=True)
+class Step:
+    number: str  # "01"
+    path: Path   # notebooks/01_analysis.ipynb
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+
+def discover_notebooks(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[Step]:
+    steps = [Step(p.name[:2], p) for p in sorted(notebooks_dir.glob("[0-9][0-9]_*.ipynb"))]
+    if not steps:
+        raise RunError(f"no notebooks named NN_*.ipynb in {notebooks_dir}")
+    return steps
+
+
+def select_steps(steps: list[Step], only: str | None, start: str | None) -> list[Step]:
+    """`only`: comma-separated numbers ("01,02"); `start`: first number to run ("03")."""
+    numbers = [s.number for s in steps]
+
+    def check(n: str) -> str:
+        n = n.strip().zfill(2)
+        if n not in numbers:
+            raise RunError(f"notebook {n!r} does not exist; choose from {', '.join(numbers)}")
+        return n
+
+    if only:
+        wanted = {check(n) for n in only.split(",")}
+        steps = [s for s in steps if s.number in wanted]
+    if start:
+        first = check(start)
+        steps = [s for s in steps if s.number >= first]
+    return steps
+
+
+def load_profile(profile: str, configs_dir: Path = CONFIGS_DIR) -> dict[str, Any]:
+    path = configs_dir / f"{profile}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in configs_dir.glob("*.yaml"))
+        raise RunError(f"profile {profile!r} has no {path}; known profiles: {', '.join(known)}")
+    params = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(params, dict):
+        raise RunError(f"{path} must be a mapping of key: value, got {type(params).__name__}")
+    return params
+
+
+def parse_overrides(pairs: list[list[str]]) -> dict[str, Any]:
+    """`-p key value` pairs; values are read as YAML scalars, so `40` is an int, `true` a bool."""
+    return {key: yaml.safe_load(value) for key, value in pairs}
+
+
+def declared_parameters(step: Step) -> set[str]:
+    import papermill
+
+    params = papermill.inspect_notebook(str(step.path))
+    if not params:
+        raise RunError(f"{step.path.name} has no cell tagged 'parameters'")
+    return set(params)
+
+
+def check_keys(params: dict[str, Any], declared: dict[str, set[str]]) -> None:
+    """Every key must be used by some notebook: a typo must not silently run the defaults."""
+    known = set().union(*declared.values())
+    for key in params:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise RunError(f"parameter {key!r} is declared by no notebook{hint}")
+
+
+def render_html(notebook_path: Path) -> Path:
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(notebook_path, as_version=4)
+    body, _ = HTMLExporter().from_notebook_node(nb)
+    return write_text(notebook_path.with_suffix(".html"), body)
+
+
+def run_step(step: Step, params: dict[str, Any], out_dir: Path) -> Path:
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    output = out_dir / step.path.name
+    try:
+        papermill.execute_notebook(
+            str(step.path),
+            str(output),
+            parameters=params,
+            cwd=str(PROJECT_ROOT),
+            progress_bar=True,
+            report_mode=False,
+        )
+    except PapermillExecutionError as err:
+        render_html(output)  # the failed run is a record too
+        raise RunError(
+            f"{step.name} failed in cell {err.exec_count} ({err.ename}: {err.evalue})\n"
+            f"  full traceback: {output.with_suffix('.html')}"
+        ) from None
+    render_html(output)
+    return output
+
+
+def run(profile: str, only: str | None = None, start: str | None = None,
+        overrides: dict[str, Any] | None = None, reports_dir: Path | None = None) -> list[Path]:
+    params = {**load_profile(profile), **(overrides or {})}
+    steps = select_steps(discover_notebooks(), only, start)
+    declared = {s.name: declared_parameters(s) for s in discover_notebooks()}
+    check_keys(params, declared)
+    if profile == "demo":
+        from shoelib.demo import ensure_demo_assets
+
+        ensure_demo_assets()
+    out_dir = reports_dir or REPORTS_DIR / profile
+    written = []
+    for step in steps:
+        t0 = time.perf_counter()
+        print(f"[{step.name}] running ...", flush=True)
+        step_params = {k: v for k, v in params.items() if k in declared[step.name]}
+        written.append(run_step(step, step_params, out_dir))
+        print(f"[{step.name}] done in {time.perf_counter() - t0:.1f} s -> "
+              f"{written[-1].with_suffix('.html').relative_to(PROJECT_ROOT) if written[-1].is_relative_to(PROJECT_ROOT) else written[-1].with_suffix('.html')}",
+              flush=True)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m shoelib.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="demo", help="configs/<profile>.yaml (demo | full)")
+    parser.add_argument("--only", help="comma-separated notebook numbers, e.g. 01,02")
+    parser.add_argument("--from", dest="start", help="first notebook number to run, e.g. 03")
+    parser.add_argument("-p", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                        help="override one parameter (repeatable)")
+    parser.add_argument("--reports-dir", type=Path, help="default: reports/<profile>")
+    args = parser.parse_args(argv)
+    try:
+        run(args.profile, args.only, args.start, parse_overrides(args.p), args.reports_dir)
+    except RunError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""Fixtures shared across test modules."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from shoelib.paths import PROJECT_ROOT
+
+
+@pytest.fixture(scope="session")
+def real_sample_dir() -> Path:
+    """../shared/real-sample: real styles.csv + 900 photos. Read-only: copy what you modify."""
+    path = Path(os.environ.get("SHOELIB_REAL_SAMPLE", PROJECT_ROOT.parent / "shared" / "real-sample"))
+    if not (path / "styles.csv").exists():
+        pytest.skip(f"real sample not found at {path} (set SHOELIB_REAL_SAMPLE)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(tmp_path_factory) -> Path:
+    """The tiny offline SD pipeline in diffusers folder layout, built once per test session."""
+    from shoelib.tiny_sd import build_tiny_sd
+
+    return build_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-sd")
