@@ -152,8 +152,7 @@ def run(profile: str, only: str | None = None, start: str | None = None,
         step_params = {k: v for k, v in params.items() if k in declared[step.name]}
         written.append(run_step(step, step_params, out_dir))
         print(f"[{step.name}] done in {time.perf_counter() - t0:.1f} s -> "
-              f"{written[-1].with_suffix('.html').relative_to(PROJECT_ROOT) if written[-1].is_relative_to(PROJECT_ROOT) else written[-1].with_suffix('.html')}",
-              flush=True)
+              f"{written[-1].with_suffix('.html')}", flush=True)
     return written
 
 

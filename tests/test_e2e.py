@@ -1,0 +1,41 @@
+"""The demo profile end to end: every notebook in notebooks/ through papermill, as `make demo` runs it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shoelib import run
+from shoelib.paths import RunPaths, slug
+
+pytestmark = pytest.mark.slow
+
+# What each notebook promises to write (its contract), relative to output_root.
+CONTRACTS = {
+    "01": ("analysis/summary.json", {"rows_read", "rows_repaired", "category", "category_rows",
+                                     "images_present", "images_missing", "images_unreadable",
+                                     "colour_counts", "gender_counts"}),
+    "02": (f"processed/{slug('Casual Shoes')}/metadata.json", {"splits"}),
+    "03": ("environment/env.json", {"device", "dtype", "reason", "versions", "memory", "disk"}),
+    "04": ("inference/summary.json", {"model", "device", "dtype", "images", "seconds_first",
+                                      "seconds_steady", "peak_memory_bytes", "fp32_retries"}),
+    "05": ("lora/summary.json", {"base_model", "dataset", "steps", "lora_rank", "lora_alpha",
+                                 "trainable_params", "lora_diffusers", "lora_kohya", "train_loss",
+                                 "val_loss", "seconds_per_step", "peak_memory_bytes"}),
+    "07": ("evaluation/summary.json", set()),
+}
+
+
+def test_demo_chain_runs_and_keeps_its_contracts(tmp_path):
+    out, reports = tmp_path / "run", tmp_path / "reports"
+    code = run.main(["--profile", "demo", "-p", "output_root", str(out), "--reports-dir", str(reports)])
+    assert code == 0
+    steps = run.discover_notebooks()
+    for step in steps:
+        assert (reports / f"{step.name}.ipynb").exists()
+        assert (reports / f"{step.name}.html").stat().st_size > 10_000
+        if step.number in CONTRACTS:
+            rel, keys = CONTRACTS[step.number]
+            summary = json.loads((RunPaths(out).root / rel).read_text())
+            assert keys <= set(summary), f"{rel} lacks {keys - set(summary)}"

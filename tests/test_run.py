@@ -1,0 +1,85 @@
+"""The papermill runner: selection, parameter checks, failure reporting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from shoelib import run
+from shoelib.run import RunError, Step
+
+
+def _notebook(path: Path, params_src: str, body_src: str) -> Path:
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell(params_src)
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(body_src)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+def _steps(*numbers: str) -> list[Step]:
+    return [Step(n, Path(f"{n}_x.ipynb")) for n in numbers]
+
+
+def test_select_only_and_from():
+    steps = _steps("01", "02", "03", "04")
+    assert [s.number for s in run.select_steps(steps, "02,4", None)] == ["02", "04"]
+    assert [s.number for s in run.select_steps(steps, None, "03")] == ["03", "04"]
+    assert [s.number for s in run.select_steps(steps, None, None)] == ["01", "02", "03", "04"]
+
+
+def test_select_unknown_notebook_names_the_choices():
+    with pytest.raises(RunError, match=r"'09' does not exist; choose from 01, 02"):
+        run.select_steps(_steps("01", "02"), "09", None)
+
+
+def test_overrides_are_yaml_scalars():
+    got = run.parse_overrides([["max_train_steps", "40"], ["device", "cpu"], ["flip", "true"]])
+    assert got == {"max_train_steps": 40, "device": "cpu", "flip": True}
+
+
+def test_unknown_key_is_an_error_with_suggestion():
+    declared = {"01_analysis": {"data_root", "category"}, "05_train": {"max_train_steps"}}
+    with pytest.raises(RunError, match=r"'max_train_step' is declared by no notebook; did you mean max_train_steps"):
+        run.check_keys({"data_root": "x", "max_train_step": 3}, declared)
+    run.check_keys({"data_root": "x", "max_train_steps": 3}, declared)  # all known: no error
+
+
+def test_unknown_profile_lists_known(tmp_path):
+    (tmp_path / "demo.yaml").write_text("a: 1\n")
+    with pytest.raises(RunError, match=r"profile 'ful' has no .*known profiles: demo"):
+        run.load_profile("ful", tmp_path)
+    assert run.load_profile("demo", tmp_path) == {"a": 1}
+
+
+def test_notebook_without_parameters_cell_is_refused(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("x = 1")]
+    nbformat.write(nb, tmp_path / "01_x.ipynb")
+    with pytest.raises(RunError, match="no cell tagged 'parameters'"):
+        run.declared_parameters(Step("01", tmp_path / "01_x.ipynb"))
+
+
+def test_run_step_injects_parameters_and_renders_html(tmp_path):
+    src = _notebook(tmp_path / "01_ok.ipynb", "answer = 1  # a number",
+                    "assert answer == 42, answer\nprint('answer', answer)")
+    out = run.run_step(Step("01", src), {"answer": 42}, tmp_path / "reports")
+    executed = nbformat.read(out, as_version=4)
+    assert "answer 42" in "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
+    assert out.with_suffix(".html").stat().st_size > 1000
+
+
+def test_failing_notebook_names_cell_and_error(tmp_path):
+    src = _notebook(tmp_path / "02_bad.ipynb", "n = 1  # a number", "raise ValueError(f'n={n} is wrong; use 2')")
+    with pytest.raises(RunError, match=r"02_bad failed in cell \d+ \(ValueError: n=1 is wrong; use 2\)"):
+        run.run_step(Step("02", src), {}, tmp_path / "reports")
+    assert (tmp_path / "reports" / "02_bad.html").exists()  # the failed run is kept as a record
+
+
+def test_main_reports_user_errors_without_traceback(capsys):
+    assert run.main(["--profile", "no-such-profile"]) == 1
+    assert "error: profile 'no-such-profile'" in capsys.readouterr().err
