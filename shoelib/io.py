@@ -23,6 +23,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
     os.close(fd)
     tmp_path = Path(tmp)
+    # mkstemp creates 0600 files; give the result the permissions a plain open() would.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_path, 0o666 & ~umask)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -38,8 +42,9 @@ def write_text(path: str | Path, text: str) -> Path:
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
-    """JSON with sorted keys and 2-space indent; numpy scalars and Paths are converted."""
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_to_jsonable) + "\n")
+    """JSON with 2-space indent, keys in insertion order (counts stay largest first);
+    numpy scalars and Paths are converted."""
+    return write_text(path, json.dumps(obj, indent=2, default=_to_jsonable) + "\n")
 
 
 def read_json(path: str | Path) -> Any:
@@ -49,8 +54,6 @@ def read_json(path: str | Path) -> Any:
 def _to_jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
-    if hasattr(obj, "item"):  # numpy / torch scalars
-        return obj.item()
-    if hasattr(obj, "tolist"):
+    if hasattr(obj, "tolist"):  # numpy / torch scalars and arrays
         return obj.tolist()
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
