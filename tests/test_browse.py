@@ -1,0 +1,58 @@
+"""shoelib.browse: thumbnails, the static grid, the colour browser and the headless guess."""
+
+from __future__ import annotations
+
+import matplotlib
+import pandas as pd
+import pytest
+from PIL import Image
+
+from shoelib import browse
+
+matplotlib.use("Agg")
+
+
+@pytest.fixture()
+def table(tmp_path) -> pd.DataFrame:
+    rows = []
+    for i, (colour, rgb) in enumerate([("Black", (20, 20, 20)), ("Black", (30, 30, 30)),
+                                       ("Red", (200, 0, 0))]):
+        path = tmp_path / f"{i}.jpg"
+        Image.new("RGB", (600, 800), rgb).save(path, quality=90)
+        rows.append({"id": i, "baseColour": colour, "gender": "Men", "image_path": str(path),
+                     "image_status": "ok"})
+    rows.append({"id": 9, "baseColour": "Red", "gender": "Men", "image_path": None,
+                 "image_status": "missing"})
+    return pd.DataFrame(rows)
+
+
+def test_widget_frontend_is_false_outside_a_jupyter_kernel(monkeypatch):
+    monkeypatch.delenv("SHOELIB_WIDGETS", raising=False)
+    monkeypatch.setenv("JPY_SESSION_NAME", "x.ipynb")  # still no kernel in pytest
+    assert browse.widget_frontend() is False
+    monkeypatch.setenv("SHOELIB_WIDGETS", "1")
+    assert browse.widget_frontend() is True
+
+
+def test_thumbnail_keeps_aspect_and_converts(tmp_path):
+    path = tmp_path / "cmyk.jpg"
+    Image.new("CMYK", (1800, 2400), (0, 0, 0, 0)).save(path)
+    thumb = browse.thumbnail(path, side=240)
+    assert thumb.mode == "RGB" and thumb.size == (180, 240)
+
+
+def test_image_grid_shows_only_readable_images(table):
+    fig = browse.image_grid(table, n=12, seed=0, ncols=2)
+    shown = [ax for ax in fig.axes if ax.images]
+    assert len(shown) == 3  # the missing row is not drawn
+    assert {ax.get_title().split("\n")[0] for ax in shown} == {"0", "1", "2"}
+    empty = browse.image_grid(table[table["image_status"] == "missing"], n=4)
+    assert not any(ax.images for ax in empty.axes)
+
+
+def test_colour_browser_options_largest_first(table):
+    box = browse.colour_browser(table, n=2)
+    dropdown = box.children[0]
+    assert list(dropdown.options) == [("Black (2)", "Black"), ("Red (1)", "Red")]
+    dropdown.value = "Red"  # the callback redraws without a frontend
+    assert dropdown.value == "Red"
