@@ -76,7 +76,12 @@ def write_tokenizer_files(folder: Path) -> int:
 def build_tiny_sd(out_dir: str | Path, seed: int = 0) -> Path:
     """Build the tiny pipeline and save it to `out_dir` (replaced atomically). Returns out_dir."""
     import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        PNDMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     out_dir = Path(out_dir)

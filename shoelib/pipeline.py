@@ -1,0 +1,544 @@
+"""Load Stable Diffusion 1.5 from a hub id, a local folder or a single checkpoint file, and
+generate images that are checked for the failures half precision causes (NaN, black, flat).
+
+    policy = choose_policy("auto")
+    pipe = load_pipeline("stable-diffusion-v1-5/stable-diffusion-v1-5", policy)
+    result = generate_checked(pipe, "A professional product photo of black casual shoes",
+                              seed=42, steps=30, resolution=512, policy=policy)
+    result.verdict.ok, result.image, result.seconds, result.fp32_retry
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import time
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from shoelib.device import DevicePolicy, initial_latents, step_noise_generator, synchronize
+from shoelib.paths import resolve
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+DEFAULT_HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+# "owner/name" with exactly one slash: the shape of a Hugging Face repo id.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+# Fixed test prompts in the caption style of the prepared dataset (no brand: it is not part
+# of what a test image should show).
+TEST_PROMPTS = tuple(
+    f"A professional product photo of {colour} casual shoes, {season} collection, {gender}, "
+    "centered on white background, high quality, product photography"
+    for colour, season, gender in (("black", "summer", "men"), ("brown", "winter", "men"),
+                                   ("white", "summer", "women"), ("grey", "fall", "unisex"),
+                                   ("blue", "spring", "men"), ("red", "summer", "women")))
+
+# Image checks (pixels in [0, 1]). A black product shoot still has a white background, so
+# an image whose 99th percentile is below 10/255 is a failure, not a dark photo.
+BLACK_LEVEL = 10 / 255
+BLACK_QUANTILE = 0.99
+# Below ~2.5/255 of standard deviation an image is a flat colour with no object in it.
+MIN_PIXEL_STD = 0.01
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The model parameter names nothing loadable (missing path, bad folder, hub unreachable)."""
+
+
+class GenerationSettingsError(ValueError):
+    """An invalid resolution, step count or guidance scale."""
+
+
+# --- where the model comes from
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A parsed `model` parameter.
+
+    Attributes:
+        kind: "hub" (repo id), "folder" (diffusers layout) or "single_file" (.safetensors/.ckpt).
+        location: the repo id, or the resolved absolute path.
+        config: for single files, the local diffusers folder holding the component configs.
+    """
+
+    kind: str
+    location: str
+    config: Path | None = None
+
+
+def describe_model_source(model: str | Path,
+                          local_config: str | Path | None = None) -> ModelSource:
+    """Tell a hub id from a folder from a single file, and check it exists. No heavy work.
+
+    Relative paths are resolved against the project root. Something that exists on disk is
+    a path; something shaped "owner/name" that does not is a hub id.
+
+    Args:
+        model: hub id, local diffusers folder, or .safetensors/.ckpt file.
+        local_config: diffusers folder with the configs a single file needs (ignored otherwise).
+
+    Raises:
+        ModelNotFoundError: the path does not exist, a folder has no model_index.json, or a
+            single file has no `local_config`.
+    """
+    text = str(model).strip()
+    path = resolve(text).resolve()
+    is_single = path.suffix.lower() in SINGLE_FILE_SUFFIXES
+    if not path.exists() and not is_single and _HUB_ID.match(text):
+        return ModelSource("hub", text)
+    if not path.exists():
+        raise ModelNotFoundError(
+            f"model={text!r}: {path} does not exist; pass an existing diffusers folder, a "
+            f".safetensors/.ckpt file, or a hub id such as {DEFAULT_HUB_ID!r}")
+    if is_single:
+        return ModelSource("single_file", str(path), _config_folder(text, local_config))
+    if path.is_dir():
+        _require_model_index(path, f"model={text!r}")
+        return ModelSource("folder", str(path))
+    raise ModelNotFoundError(
+        f"model={text!r} is a file but not {' or '.join(SINGLE_FILE_SUFFIXES)}; pass a "
+        "single-file checkpoint, a diffusers folder or a hub id")
+
+
+def _config_folder(model: str, local_config: str | Path | None) -> Path:
+    if local_config is None:
+        raise ModelNotFoundError(
+            f"model={model!r} is a single-file checkpoint, which holds weights but not the "
+            "component configs (scheduler, tokenizer, layer sizes); without them diffusers "
+            "would download them from the hub. Pass local_config=<a local diffusers folder of "
+            "the same architecture>, e.g. its configs only (a few kB): `hf download "
+            f"{DEFAULT_HUB_ID} --include '*.json' --include '*.txt' --local-dir models/sd15-config`")
+    folder = resolve(local_config).resolve()
+    _require_model_index(folder, f"local_config={str(local_config)!r}")
+    return folder
+
+
+def _require_model_index(folder: Path, what: str) -> None:
+    if not folder.is_dir():
+        raise ModelNotFoundError(f"{what}: {folder} is not a folder; pass a diffusers folder")
+    if not (folder / "model_index.json").exists():
+        raise ModelNotFoundError(
+            f"{what}: {folder} has no model_index.json, so it is not a diffusers pipeline "
+            "folder; pass the folder that `save_pretrained` or `hf download` produced")
+
+
+# --- loading
+
+def load_pipeline(model: str | Path, policy: DevicePolicy, *, safety_checker: bool = False,
+                  local_config: str | Path | None = None):
+    """Load a Stable Diffusion pipeline onto `policy.device` in `policy.dtype`.
+
+    The safety checker is off by default: it replaces images it flags with black ones, which
+    the black-image check of `generate_checked` cannot tell from a precision failure, and
+    this project only renders product photos of shoes. With `safety_checker=True` it is
+    loaded where the model has one and its flags are recorded per image.
+
+    Args:
+        model: hub id (e.g. "stable-diffusion-v1-5/stable-diffusion-v1-5"), a local diffusers
+            folder (with model_index.json), or a single .safetensors/.ckpt file.
+        policy: device, dtype and attention slicing, from `shoelib.device.choose_policy`.
+        safety_checker: keep the model's NSFW safety checker.
+        local_config: for a single file, a local diffusers folder with the component configs
+            (so no network is needed); ignored for hub ids and folders.
+
+    Returns:
+        A `StableDiffusionPipeline` on the policy's device.
+
+    Raises:
+        ModelNotFoundError: bad path or folder, single file without `local_config`, or a hub
+            id that is neither cached nor downloadable (no network / HF_HUB_OFFLINE=1).
+    """
+    # 1. Check inputs before importing or reading any weights.
+    source = describe_model_source(model, local_config)
+    # 2. Load.
+    from diffusers import StableDiffusionPipeline
+
+    components = {} if safety_checker else {"safety_checker": None,
+                                            "requires_safety_checker": False}
+    if source.kind == "single_file":
+        pipe = StableDiffusionPipeline.from_single_file(
+            source.location, config=str(source.config), dtype=policy.dtype,
+            local_files_only=True, **components)
+    elif source.kind == "folder":
+        pipe = StableDiffusionPipeline.from_pretrained(source.location, dtype=policy.dtype,
+                                                       **components)
+    else:
+        pipe = _from_hub(source.location, policy.dtype, components)
+    if safety_checker and pipe.safety_checker is None:
+        warnings.warn(f"model={str(model)!r} has no safety checker; images are not screened",
+                      UserWarning, stacklevel=2)
+    # 3. Place it per policy.
+    pipe = pipe.to(policy.device)
+    if policy.attention_slicing:
+        pipe.enable_attention_slicing()
+    return pipe
+
+
+def _from_hub(repo_id: str, dtype: torch.dtype, components: dict):
+    from diffusers import StableDiffusionPipeline
+
+    try:
+        return StableDiffusionPipeline.from_pretrained(repo_id, dtype=dtype, **components)
+    except OSError as err:  # diffusers turns offline / no-cache / unreachable into OSError
+        cause = err.__cause__ or err.__context__
+        why = f"{type(cause).__name__}: {cause}" if cause else str(err)
+        raise ModelNotFoundError(
+            f"model={repo_id!r} could not be loaded: it is not in the local Hugging Face cache "
+            f"and the Hub could not be used ({why.splitlines()[0]}). Download it once where "
+            f"there is network with `hf download {repo_id}` (older clients: "
+            f"`huggingface-cli download {repo_id}`; or run this once online, which fetches only "
+            "the files the pipeline needs), or pass a local diffusers folder or a .safetensors "
+            f"file as model (there is no local folder {resolve(repo_id)})") from err
+
+
+# --- generation settings
+
+def check_generation_settings(resolution: int, steps: int, guidance_scale: float = 7.5) -> None:
+    """Raise GenerationSettingsError for values the pipeline would reject or mishandle.
+
+    Args:
+        resolution: image side in pixels; a multiple of 8 (the VAE downsamples 8x).
+        steps: denoising steps, >= 1.
+        guidance_scale: classifier-free guidance weight, >= 0 (<= 1 disables guidance).
+    """
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 8 \
+            or resolution % 8:
+        # SD's UNet halves the 8x-downsampled latents three more times: multiples of 64 are
+        # the sizes it handles without padding.
+        fix = max(64, 64 * round(resolution / 64)) if isinstance(resolution, int | float) else 512
+        raise GenerationSettingsError(
+            f"resolution={resolution!r} is not a positive multiple of 8; use {fix}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
+        raise GenerationSettingsError(f"inference_steps={steps!r} must be a whole number >= 1; "
+                                      "use e.g. 30 (real model) or 4 (tiny demo model)")
+    if not guidance_scale >= 0:
+        raise GenerationSettingsError(f"guidance_scale={guidance_scale!r} must be >= 0; use 7.5")
+
+
+# --- checking an image
+
+@dataclass(frozen=True)
+class Verdict:
+    """Is a generated image usable? `problem` is a short code, `reason` a sentence.
+
+    problem: "ok", "nonfinite_latents", "nonfinite_pixels", "black", "constant" or
+    "safety_checker" (blacked out on purpose: not a precision failure, never retried).
+    Pixel statistics are over finite pixels in [0, 1]; latent statistics are None when no
+    latents were given.
+    """
+
+    ok: bool
+    problem: str
+    reason: str
+    pixel_mean: float
+    pixel_std: float
+    pixel_min: float
+    pixel_max: float
+    nonfinite_pixels: int
+    latent_mean: float | None = None
+    latent_std: float | None = None
+    nonfinite_latents: int = 0
+
+    def as_dict(self) -> dict:
+        """JSON-ready: NaN statistics (e.g. of all-NaN latents) become None."""
+        return {k: None if isinstance(v, float) and not np.isfinite(v) else v
+                for k, v in self.__dict__.items()}
+
+
+def image_to_array(image: np.ndarray | Image.Image | torch.Tensor) -> np.ndarray:
+    """Pixels as float64 in [0, 1], height x width x channels.
+
+    uint8 arrays and PIL images are divided by 255; float arrays are taken as already in
+    [0, 1] (diffusers' `output_type="np"`); a CHW tensor is permuted.
+    """
+    if isinstance(image, Image.Image):
+        image = np.asarray(image)
+    if isinstance(image, torch.Tensor):
+        image = image.detach().float().cpu()
+        image = (image.permute(1, 2, 0) if image.ndim == 3 and image.shape[0] in (1, 3, 4)
+                 else image).numpy()
+    array = np.asarray(image)
+    if array.dtype == np.uint8:
+        return array.astype(np.float64) / 255.0
+    return array.astype(np.float64)
+
+
+def check_image(latents: torch.Tensor | None, image: np.ndarray | Image.Image | torch.Tensor,
+                *, black_level: float = BLACK_LEVEL,
+                min_std: float = MIN_PIXEL_STD) -> Verdict:
+    """Check the final latents and the decoded pixels of one image.
+
+    Args:
+        latents: the denoised latents (before VAE decoding), or None if not available.
+        image: the decoded image (see `image_to_array` for accepted forms).
+        black_level: an image whose 99th-percentile pixel is at or below this is black.
+        min_std: an image whose pixel standard deviation is below this is a flat colour.
+
+    Returns:
+        The verdict: the first failing check in the order non-finite latents, non-finite
+        pixels, black, constant; otherwise ok.
+    """
+    pixels = image_to_array(image)
+    if pixels.size == 0:
+        raise ValueError(f"image has no pixels (shape {pixels.shape})")
+    finite = np.isfinite(pixels)
+    values = pixels[finite]
+    stats = {
+        "pixel_mean": float(values.mean()) if values.size else float("nan"),
+        "pixel_std": float(values.std()) if values.size else float("nan"),
+        "pixel_min": float(values.min()) if values.size else float("nan"),
+        "pixel_max": float(values.max()) if values.size else float("nan"),
+        "nonfinite_pixels": int((~finite).sum()),
+    }
+    if latents is not None:
+        lat = latents.detach().float().cpu()
+        lat_finite = torch.isfinite(lat)
+        kept = lat[lat_finite]
+        stats["nonfinite_latents"] = int((~lat_finite).sum())
+        stats["latent_mean"] = float(kept.mean()) if kept.numel() else float("nan")
+        stats["latent_std"] = float(kept.std()) if kept.numel() > 1 else float("nan")
+    if stats.get("nonfinite_latents", 0):
+        return Verdict(False, "nonfinite_latents",
+                       f"{stats['nonfinite_latents']} NaN/inf values in the latents "
+                       "(typical of float16 overflow)", **stats)
+    if stats["nonfinite_pixels"]:
+        return Verdict(False, "nonfinite_pixels",
+                       f"{stats['nonfinite_pixels']} NaN/inf pixels after VAE decoding", **stats)
+    if np.quantile(values, BLACK_QUANTILE) <= black_level:
+        return Verdict(False, "black",
+                       f"all black: 99% of pixels <= {black_level * 255:.0f}/255", **stats)
+    if stats["pixel_std"] < min_std:
+        return Verdict(False, "constant",
+                       f"near-constant image: pixel std {stats['pixel_std']:.4f} < {min_std}",
+                       **stats)
+    return Verdict(True, "ok", "finite, not black, not flat", **stats)
+
+
+# --- guarded generation
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    """One checked image.
+
+    Attributes:
+        prompt, seed: what was asked.
+        image: the image (NaN pixels shown as black).
+        verdict: the check of the returned image.
+        seconds: wall time of the returned attempt (denoising + decoding).
+        dtype: dtype the returned image was made in.
+        fp32_retry: True if a half-precision attempt failed and this is the float32 retry.
+        first_verdict: the failed half-precision verdict when fp32_retry, else None.
+        first_nonfinite_step: denoising step at which NaN/inf first appeared (in the failed
+            half-precision attempt when fp32_retry), else None.
+        nsfw: the safety checker's flag, None when no checker is loaded.
+    """
+
+    prompt: str
+    seed: int
+    image: Image.Image
+    verdict: Verdict
+    seconds: float
+    dtype: str
+    fp32_retry: bool = False
+    first_verdict: Verdict | None = None
+    first_nonfinite_step: int | None = None
+    nsfw: bool | None = None
+
+    def record(self) -> dict:
+        """JSON-friendly record without the image."""
+        return {
+            "prompt": self.prompt, "seed": self.seed, "seconds": self.seconds,
+            "dtype": self.dtype, "fp32_retry": self.fp32_retry, "nsfw": self.nsfw,
+            "first_nonfinite_step": self.first_nonfinite_step,
+            "verdict": self.verdict.as_dict(),
+            "first_verdict": self.first_verdict.as_dict() if self.first_verdict else None,
+        }
+
+
+class _NonFiniteWatch:
+    """`callback_on_step_end` that remembers the first step whose latents hold NaN/inf."""
+
+    def __init__(self) -> None:
+        self.first_step: int | None = None
+
+    def __call__(self, pipe, step: int, timestep, callback_kwargs: dict) -> dict:
+        if self.first_step is None and not torch.isfinite(callback_kwargs["latents"]).all():
+            self.first_step = step
+        return callback_kwargs
+
+
+def pipeline_dtype(pipe) -> torch.dtype:
+    """The dtype the UNet runs in (the pipeline's working precision)."""
+    return pipe.unet.dtype
+
+
+def decode_latents(pipe, latents: torch.Tensor) -> torch.Tensor:
+    """Latents -> image tensor in [-1, 1] (NCHW), as the pipeline would decode them."""
+    scaled = latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor
+    with torch.no_grad():
+        return pipe.vae.decode(scaled, return_dict=False)[0]
+
+
+def _generate_once(pipe, prompt: str, seed: int, *, steps: int, resolution: int,
+                   guidance_scale: float, negative_prompt: str | None,
+                   device: str) -> GeneratedImage:
+    dtype = pipeline_dtype(pipe)
+    shape = (1, pipe.unet.config.in_channels, resolution // pipe.vae_scale_factor,
+             resolution // pipe.vae_scale_factor)
+    start_latents = initial_latents(seed, shape, device, dtype)
+    watch = _NonFiniteWatch()
+    synchronize(device)
+    t0 = time.perf_counter()
+    # Latent output, decoded here: the guard needs the latents the image came from.
+    latents = pipe(prompt, negative_prompt=negative_prompt, height=resolution, width=resolution,
+                   num_inference_steps=steps, guidance_scale=guidance_scale,
+                   latents=start_latents, generator=step_noise_generator(seed),
+                   output_type="latent", callback_on_step_end=watch).images
+    decoded = decode_latents(pipe, latents)
+    nsfw, denormalize = None, None
+    if pipe.safety_checker is not None:
+        decoded, flags = pipe.run_safety_checker(decoded, device, dtype)
+        nsfw = bool(flags[0])
+        denormalize = [not nsfw]  # a flagged image is zeros: keep it black, as diffusers does
+    pixels = pipe.image_processor.postprocess(decoded, output_type="np",
+                                              do_denormalize=denormalize)[0]
+    synchronize(device)
+    seconds = time.perf_counter() - t0
+    verdict = check_image(latents, pixels)
+    if nsfw and not verdict.ok:
+        verdict = replace(verdict, problem="safety_checker",
+                          reason="blacked out by the safety checker (NSFW flag)")
+    image = pipe.image_processor.numpy_to_pil(np.nan_to_num(pixels, nan=0.0)[None])[0]
+    return GeneratedImage(prompt=prompt, seed=int(seed), image=image, verdict=verdict,
+                          seconds=seconds, dtype=str(dtype).removeprefix("torch."),
+                          first_nonfinite_step=watch.first_step, nsfw=nsfw)
+
+
+def generate_checked(pipe, prompt: str, seed: int, *, steps: int, resolution: int,
+                     guidance_scale: float = 7.5, negative_prompt: str | None = None,
+                     policy: DevicePolicy) -> GeneratedImage:
+    """Generate one image from a CPU-seeded start, check it, retry once in float32 if needed.
+
+    If the image fails the check (NaN/inf, black, flat) while the pipeline runs in float16
+    or bfloat16, the pipeline is converted to float32 on the same device (`to_float32`) and
+    the same seed is generated again. The pipeline stays in float32 afterwards: half-precision
+    overflow tends to repeat on every image, and converting back and forth would cost each
+    image twice. An image blacked out by the safety checker is reported, not retried.
+
+    Args:
+        pipe: a pipeline from `load_pipeline`.
+        prompt: the text prompt.
+        seed: noise seed (drawn on CPU: the same start on every device).
+        steps: denoising steps.
+        resolution: image side in px, a multiple of 8.
+        guidance_scale: classifier-free guidance weight.
+        negative_prompt: what to steer away from, or None.
+        policy: the device policy the pipeline was loaded with.
+
+    Returns:
+        The checked image; `fp32_retry` says whether the float32 retry produced it.
+
+    Raises:
+        GenerationSettingsError: bad resolution, steps or guidance scale.
+    """
+    check_generation_settings(resolution, steps, guidance_scale)
+    settings = {"steps": steps, "resolution": resolution, "guidance_scale": guidance_scale,
+                "negative_prompt": negative_prompt, "device": policy.device}
+    result = _generate_once(pipe, prompt, seed, **settings)
+    retryable = result.verdict.problem not in ("ok", "safety_checker")
+    if not retryable or pipeline_dtype(pipe) == torch.float32:
+        return result
+    to_float32(pipe)
+    retry = _generate_once(pipe, prompt, seed, **settings)
+    return replace(retry, fp32_retry=True, first_verdict=result.verdict,
+                   first_nonfinite_step=result.first_nonfinite_step)
+
+
+def to_float32(pipe) -> None:
+    """Convert a loaded pipeline to float32 in place, on its device.
+
+    The weights keep their half-precision rounding (they are not re-read from disk); what
+    float32 fixes is the overflow of activations, the cause of NaN latents. Images can
+    therefore differ by a grey level or two from a pipeline loaded in float32.
+    """
+    from diffusers.utils import logging as diffusers_logging
+
+    # diffusers warns that `.to(dtype)` bypasses its keep-in-float32 list; SD 1.5 has none.
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        pipe.to(dtype=torch.float32)
+    finally:
+        diffusers_logging.set_verbosity(level)
+
+
+def timing_summary(seconds: list[float]) -> dict:
+    """First-image time (includes warm-up: kernel selection, caches) vs the steady state.
+
+    Returns:
+        {"seconds_first", "seconds_steady" (median of the rest; None with one image), "n"}.
+    """
+    if not seconds:
+        return {"seconds_first": None, "seconds_steady": None, "n": 0}
+    rest = seconds[1:]
+    return {"seconds_first": float(seconds[0]),
+            "seconds_steady": float(statistics.median(rest)) if rest else None,
+            "n": len(seconds)}
+
+
+def inference_prompts(n: int) -> list[str]:
+    """The first `n` of TEST_PROMPTS, cycling when n is larger."""
+    return [TEST_PROMPTS[i % len(TEST_PROMPTS)] for i in range(n)]
+
+
+# --- showing results
+
+def verdict_grid(results: list[GeneratedImage], ncols: int = 4):
+    """A matplotlib figure of the images, each titled with seed, verdict and time."""
+    import matplotlib.pyplot as plt
+
+    nrows = max(1, -(-len(results) // ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3 * ncols, 3.6 * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, result in zip(axes.flat, results, strict=False):
+        ax.imshow(result.image)
+        retry = " (fp32 retry)" if result.fp32_retry else ""
+        ax.set_title(f"seed {result.seed}: {result.verdict.problem}{retry}\n"
+                     f"{result.seconds:.2f} s, {result.dtype}", fontsize=9,
+                     color="black" if result.verdict.ok else "red")
+    fig.tight_layout()
+    return fig
+
+
+def prompt_playground(pipe, policy: DevicePolicy, *, steps: int, resolution: int,
+                      guidance_scale: float, seed: int = 0):
+    """An ipywidgets form (prompt, seed, Generate) showing a checked image and its verdict.
+
+    Needs a live Jupyter frontend; notebooks check `shoelib.browse.widget_frontend()` first.
+    """
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    prompt = widgets.Textarea(value=TEST_PROMPTS[0], layout=widgets.Layout(width="100%"))
+    seed_box = widgets.IntText(value=seed, description="seed")
+    button = widgets.Button(description="Generate", button_style="primary")
+    output = widgets.Output()
+
+    def on_click(_button) -> None:
+        with output:
+            output.clear_output(wait=True)
+            result = generate_checked(pipe, prompt.value, seed_box.value, steps=steps,
+                                      resolution=resolution, guidance_scale=guidance_scale,
+                                      policy=policy)
+            print(f"{result.verdict.problem}: {result.verdict.reason} "
+                  f"({result.seconds:.2f} s, {result.dtype})")
+            display(result.image)
+
+    button.on_click(on_click)
+    return widgets.VBox([prompt, widgets.HBox([seed_box, button]), output])
