@@ -1,0 +1,281 @@
+"""Decode product photos and letterbox them into square training images.
+
+A product photo (1800x2400 in the Kaggle set) becomes a `size`x`size` RGB PNG: the whole
+photo kept (no crop, aspect unchanged), resized with LANCZOS and centred on a square filled
+with the photo's own background colour, so the padding does not show as a seam.
+
+Speed: JPEGs are decoded at reduced scale (`Image.draft`: libjpeg's DCT scaling decodes
+1/2, 1/4 or 1/8 of each side at a fraction of the cost) to the smallest scale that is still
+at least the target size, so LANCZOS then downsamples by less than 2x and the result stays
+within a fraction of a grey level of a full decode. Files are spread over processes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from shoelib.io import atomic_path
+
+# Bump when a change here would change the pixels of a prepared image: the dataset manifest
+# records it, so a rerun redoes the images instead of keeping stale ones.
+PREPARATION_VERSION = 1
+WHITE = (255, 255, 255)
+BORDER_WIDTH = 2  # px of the photo's edge that estimate its background colour
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+class ImageConfigError(ValueError):
+    """An invalid preparation setting (size, compression level)."""
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """How a photo becomes a training image.
+
+    size: side of the square output (px).
+    compress_level: PNG zlib level 0-9. Pixels are identical at every level; 1 writes
+        several times faster than Pillow's default 6 for files about 10-20 % larger, and
+        decoding speed hardly depends on it (see benchmarks/bench_prepare.py).
+    draft: decode JPEGs at reduced scale (see module docstring); False = full decode.
+    """
+
+    size: int = 512
+    compress_level: int = 1
+    draft: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.size, int) or self.size < 8:
+            raise ImageConfigError(f"image_size={self.size!r} is too small; use e.g. 512")
+        if self.compress_level not in range(10):
+            raise ImageConfigError(
+                f"png_compress_level={self.compress_level!r} is not 0-9; use 1 (fast) or 6 (small)")
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """The outcome for one photo.
+
+    status: 'ok' (dst written) or 'unreadable' (the source could not be decoded; dst untouched).
+    error: "<ExceptionType>: <message>" when unreadable.
+    source_size/source_mode: the file's own width x height and PIL mode (None if undecodable).
+    """
+
+    src: str
+    dst: str
+    status: str
+    error: str | None = None
+    source_size: tuple[int, int] | None = None
+    source_mode: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Pixels
+
+
+def fit_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """The size a width x height image takes inside a size x size square, aspect kept.
+
+    Args:
+        width, height: source size (px).
+        size: side of the square.
+    Returns:
+        (w, h) with max(w, h) == size and both >= 1.
+    """
+    scale = size / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def to_rgb(img: Image.Image, matte: tuple[int, int, int] = WHITE) -> Image.Image:
+    """Any PIL image as 8-bit RGB.
+
+    Transparent pixels are composited onto `matte` (white: a cut-out product photo has a
+    white studio background; a plain convert("RGB") would reveal whatever colour the
+    transparent pixels happen to hold, often black). 16-bit and 32-bit grey levels are
+    rescaled, not clipped (PIL's convert("L") clips I;16 values above 255 to white).
+
+    Args:
+        img: a loaded image of any mode.
+        matte: colour behind transparent pixels.
+    Returns:
+        A new or the same RGB image.
+    """
+    if img.mode == "RGB":
+        return img
+    if img.mode in ALPHA_MODES or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        backdrop = Image.new("RGBA", rgba.size, (*matte, 255))
+        return Image.alpha_composite(backdrop, rgba).convert("RGB")
+    if img.mode in HIGH_BIT_MODES:
+        return _high_bit_to_grey(img).convert("RGB")
+    return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, RGBX, HSV
+
+
+def _high_bit_to_grey(img: Image.Image) -> Image.Image:
+    """16-bit grey (I;16*, or I holding 16-bit data) -> /257; float in 0..1 -> *255."""
+    values = np.asarray(img, dtype=np.float64)
+    if img.mode == "F":
+        scale = 255.0 if values.size and values.max() <= 1.0 else 1.0
+    elif img.mode.startswith("I;16") or (values.size and values.max() > 255):
+        scale = 1 / 257  # 65535 -> 255
+    else:
+        scale = 1.0
+    return Image.fromarray(np.clip(np.rint(values * scale), 0, 255).astype(np.uint8), "L")
+
+
+def border_colour(img: Image.Image, width: int = BORDER_WIDTH) -> tuple[int, int, int]:
+    """The background colour of a photo: the per-channel median of its outer `width` px.
+
+    The median ignores the part of the edge that a product touches, as long as the
+    background holds most of the border (true for studio product shots).
+
+    Args:
+        img: an RGB image.
+        width: ring width (px).
+    Returns:
+        (r, g, b).
+    """
+    pixels = np.asarray(img)
+    w = max(1, min(width, pixels.shape[0] // 2, pixels.shape[1] // 2))
+    ring = np.concatenate([
+        pixels[:w].reshape(-1, 3), pixels[-w:].reshape(-1, 3),
+        pixels[w:-w, :w].reshape(-1, 3), pixels[w:-w, -w:].reshape(-1, 3),
+    ])
+    return tuple(int(v) for v in np.median(ring, axis=0))
+
+
+def letterbox(img: Image.Image, size: int = 512, background: tuple[int, int, int] | None = None,
+              resample: Image.Resampling = Image.Resampling.LANCZOS) -> Image.Image:
+    """Fit a photo into a size x size square: aspect kept, centred, padded.
+
+    Args:
+        img: any mode (converted with `to_rgb`, transparency onto white).
+        size: side of the square (px). Smaller photos are upscaled.
+        background: padding colour; None = the photo's own (`border_colour`).
+        resample: PIL filter for the resize.
+    Returns:
+        A new RGB image of size x size.
+    """
+    rgb = to_rgb(img)
+    fill = background if background is not None else border_colour(rgb)
+    target = fit_size(rgb.width, rgb.height, size)
+    resized = rgb if rgb.size == target else rgb.resize(target, resample)
+    canvas = Image.new("RGB", (size, size), fill)
+    canvas.paste(resized, ((size - target[0]) // 2, (size - target[1]) // 2))
+    return canvas
+
+
+def open_image(path: str | Path, size: int | None = None) -> Image.Image:
+    """Decode an image file, upright (EXIF orientation applied).
+
+    Args:
+        path: image file (format from its content, not its name: a PNG named .jpg works).
+        size: if given and the file is a JPEG, decode at the smallest DCT scale (1/1, 1/2,
+            1/4, 1/8) whose result is still at least `fit_size(..., size)`, so a later
+            resize to that size only ever downsamples.
+    Returns:
+        A loaded image (mode as decoded).
+    Raises:
+        OSError/ValueError/...: whatever Pillow raises for an undecodable file.
+    """
+    return _decode(path, size)[0]
+
+
+def _decode(path: str | Path, size: int | None) -> tuple[Image.Image, tuple[int, int], str]:
+    """`open_image`, plus the file's own size and mode (before draft scaling)."""
+    img = Image.open(path)
+    try:
+        source_size, source_mode = img.size, img.mode
+        if size is not None and img.format == "JPEG":
+            img.draft(img.mode, fit_size(img.width, img.height, size))
+        img.load()  # closes the file of a single-frame image
+    except BaseException:
+        img.close()
+        raise
+    ImageOps.exif_transpose(img, in_place=True)
+    return img, source_size, source_mode
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def prepare_image(src: str | Path, dst: str | Path,
+                  config: PrepareConfig = PrepareConfig()) -> PreparedImage:
+    """Letterbox one photo into a PNG, written atomically.
+
+    Args:
+        src: source photo.
+        dst: output .png (its folder is created).
+        config: size, PNG level, draft decoding.
+    Returns:
+        PreparedImage; status 'unreadable' (with the error) for a file that cannot be
+        decoded, in which case nothing is written. Write errors (disk full) do raise.
+    """
+    try:
+        img, source_size, source_mode = _decode(src, config.size if config.draft else None)
+        square = letterbox(img, config.size)
+    except Exception as err:  # any decoder failure is a property of the data, not a crash
+        return PreparedImage(str(src), str(dst), "unreadable", f"{type(err).__name__}: {err}")
+    with atomic_path(dst) as tmp:
+        square.save(tmp, format="PNG", compress_level=config.compress_level)
+    return PreparedImage(str(src), str(dst), "ok", None, source_size, source_mode)
+
+
+def resolve_workers(workers: int | None) -> int:
+    """0 or None -> the CPUs this process may use; otherwise `workers` (at least 1)."""
+    if workers:
+        return max(1, int(workers))
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def _prepare_job(job: tuple[str, str, PrepareConfig]) -> PreparedImage:
+    return prepare_image(*job)
+
+
+def prepare_images(jobs: Sequence[tuple[str | Path, str | Path]],
+                   config: PrepareConfig = PrepareConfig(), workers: int | None = 0,
+                   progress: bool = True) -> Iterator[PreparedImage]:
+    """Prepare many photos, spread over processes; results come in the order of `jobs`.
+
+    Args:
+        jobs: (src, dst) pairs.
+        config: preparation settings.
+        workers: processes; 0/None = one per usable CPU; 1 = in this process (no pool).
+        progress: show a tqdm bar.
+    Yields:
+        One PreparedImage per job, as soon as it (and every job before it) is done, so a
+        caller can record progress and an interrupted run loses at most the jobs in flight.
+    """
+    from tqdm.auto import tqdm
+
+    tasks = [(str(src), str(dst), config) for src, dst in jobs]
+    n_workers = min(resolve_workers(workers), max(1, len(tasks)))
+    bar = tqdm(total=len(tasks), desc="letterboxing", unit="img", disable=not progress)
+    try:
+        if n_workers == 1:
+            for task in tasks:
+                yield _prepare_job(task)
+                bar.update()
+            return
+        # Small chunks keep results flowing in order; large enough to amortise the IPC.
+        chunksize = max(1, min(8, len(tasks) // (n_workers * 4)))
+        pool = ProcessPoolExecutor(max_workers=n_workers)
+        try:
+            for result in pool.map(_prepare_job, tasks, chunksize=chunksize):
+                yield result
+                bar.update()
+        finally:  # an interrupted caller must not wait for the queued images
+            pool.shutdown(wait=True, cancel_futures=True)
+    finally:
+        bar.close()
