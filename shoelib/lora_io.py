@@ -1,0 +1,252 @@
+"""LoRA files: save the trained adapter in two formats, check a file fits a model, apply it.
+
+Two formats, because two worlds use LoRAs:
+- diffusers (`pytorch_lora_weights.safetensors`, keys `unet.<module>.lora.down/up.weight`),
+  what `StableDiffusionPipeline.load_lora_weights` reads. diffusers assumes alpha = rank
+  unless the file carries the adapter config in its header; with rank 8 / alpha 16 a file
+  without it would load at half strength, so the PEFT config is always saved with it.
+- kohya (`lora_unet_<module with _>.lora_down/lora_up.weight` + `.alpha`), what A1111,
+  ComfyUI and kohya's scripts read (they cannot read diffusers keys for SD 1.5); diffusers
+  reads it too. Training facts go in its header as kohya's `ss_*` fields.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from shoelib.io import atomic_path
+
+LORA_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
+DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+ADAPTER_NAME = "default"  # PEFT's name for the adapter `add_adapter` creates
+
+
+class LoraMismatchError(ValueError):
+    """A LoRA file whose layers do not exist, or have other shapes, in the model."""
+
+
+# --- saving
+
+def peft_lora_state_dict(unet) -> dict[str, torch.Tensor]:
+    """The UNet's LoRA weights, PEFT keys (`<module>.lora_A.weight`), float32 on CPU."""
+    from peft.utils import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(unet, adapter_name=ADAPTER_NAME)
+    return {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
+
+
+def save_diffusers_lora(unet, path: str | Path) -> Path:
+    """Write the UNet's LoRA as a diffusers file that loads at the trained strength.
+
+    The adapter's PEFT config (rank, alpha, target modules) goes in the safetensors header
+    (`unet_lora_adapter_metadata`), which `load_lora_weights` turns back into the same
+    LoraConfig, so the scale alpha / rank survives.
+
+    Args:
+        unet: the UNet with a PEFT LoRA adapter (`unet.add_adapter`), unwrapped.
+        path: the file to write, normally `<folder>/pytorch_lora_weights.safetensors`.
+
+    Returns:
+        The path, written atomically.
+    """
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    layers = convert_state_dict_to_diffusers(peft_lora_state_dict(unet))
+    metadata = unet.peft_config[ADAPTER_NAME].to_dict()
+    # save_lora_weights writes into a folder: stage it beside the target, then rename.
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.stem}."))
+    try:
+        StableDiffusionPipeline.save_lora_weights(
+            staging, unet_lora_layers=layers, weight_name=path.name, safe_serialization=True,
+            unet_lora_adapter_metadata=metadata)
+        os.replace(staging / path.name, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def kohya_name(module_path: str, prefix: str = "lora_unet") -> str:
+    """'down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0' ->
+    'lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_out_0'.
+
+    kohya trains SD 1.x on a UNet with diffusers' module names, so its keys are those names
+    with dots replaced by underscores.
+    """
+    return f"{prefix}_{module_path.replace('.', '_')}"
+
+
+def to_kohya(peft_state: Mapping[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+    """PEFT LoRA keys (`<module>.lora_A/B.weight`) -> kohya keys with one `.alpha` per module.
+
+    Args:
+        peft_state: from `peft_lora_state_dict`.
+        alpha: the LoRA alpha (scale = alpha / rank at load time).
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in peft_state.items():
+        module, _, kind = key.rpartition(".lora_")
+        name = kohya_name(module)
+        out[f"{name}.lora_down.weight" if kind == "A.weight" else f"{name}.lora_up.weight"] = tensor
+        out[f"{name}.alpha"] = torch.tensor(float(alpha))
+    return out
+
+
+def save_kohya_lora(unet, alpha: float, path: str | Path,
+                    metadata: Mapping[str, object] | None = None) -> Path:
+    """Write the UNet's LoRA in kohya/A1111/ComfyUI format.
+
+    Args:
+        unet: the UNet with a PEFT LoRA adapter, unwrapped.
+        alpha: the LoRA alpha it was trained with.
+        path: the .safetensors file to write.
+        metadata: training facts for the header (kohya's `ss_*` names); values become strings.
+
+    Returns:
+        The path, written atomically.
+    """
+    tensors = to_kohya(peft_lora_state_dict(unet), alpha)
+    header = {str(k): str(v) for k, v in (metadata or {}).items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
+    return Path(path)
+
+
+def read_header(path: str | Path) -> dict[str, str]:
+    """The safetensors header metadata of a LoRA file (empty dict if none)."""
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+# --- checking a file against a model
+
+# (component, module path, "down" | "up") from a LoRA key, for both formats.
+_DIFFUSERS_KEY = re.compile(
+    r"^(unet|text_encoder)\.(.+?)\.(?:lora\.(down|up)|lora_([AB])|lora_linear_layer\.(down|up))"
+    r"\.weight$")
+_KOHYA_KEY = re.compile(r"^(lora_unet|lora_te)_(.+)\.lora_(down|up)\.weight$")
+
+
+def _lora_layers(path: Path, components: Mapping[str, torch.nn.Module]
+                 ) -> dict[tuple[str, str], dict[str, tuple[int, ...]]]:
+    """{(component, module path or kohya name): {"down": shape, "up": shape}} of a LoRA file."""
+    layers: dict[tuple[str, str], dict[str, tuple[int, ...]]] = {}
+    with safe_open(str(path), framework="pt") as f:
+        for key in f.keys():
+            shape = tuple(f.get_slice(key).get_shape())
+            if m := _DIFFUSERS_KEY.match(key):
+                component, module = m.group(1), m.group(2)
+                side = m.group(3) or m.group(5) or {"A": "down", "B": "up"}[m.group(4)]
+            elif m := _KOHYA_KEY.match(key):
+                component = "unet" if m.group(1) == "lora_unet" else "text_encoder"
+                module, side = m.group(2), m.group(3)
+            else:
+                continue  # .alpha, dora scales: no shape to check
+            if component in components:
+                layers.setdefault((component, module), {})[side] = shape
+    return layers
+
+
+def check_lora_fits(path: str | Path, components: Mapping[str, torch.nn.Module],
+                    model_name: str = "this model") -> int:
+    """Check every LoRA layer of a file exists in the model with matching shapes.
+
+    diffusers only warns about LoRA keys it cannot place and fails with a bare size-mismatch
+    error on wrong shapes; this says what is wrong before anything is loaded.
+
+    Args:
+        path: diffusers or kohya LoRA file.
+        components: {"unet": pipe.unet, "text_encoder": pipe.text_encoder}.
+        model_name: how to call the model in the error message.
+
+    Returns:
+        The number of LoRA layers checked.
+
+    Raises:
+        LoraMismatchError: no LoRA layers in the file, or layers missing / of another shape.
+    """
+    path = Path(path)
+    layers = _lora_layers(path, components)
+    if not layers:
+        raise LoraMismatchError(
+            f"{path} holds no UNet or text-encoder LoRA layers in diffusers or kohya format; "
+            f"pass a file written by shoelib, diffusers or kohya's scripts")
+    modules = {}
+    for component, model in components.items():
+        for name, module in model.named_modules():
+            weight = getattr(module, "weight", None)
+            if ".lora_" in name or not isinstance(weight, torch.Tensor):
+                continue
+            # A layer that already holds a LoRA keeps its original weights in `base_layer`.
+            name = name.removesuffix(".base_layer")
+            if name:
+                shape = tuple(weight.shape)
+                modules[(component, name)] = shape
+                modules[(component, name.replace(".", "_"))] = shape  # kohya spelling
+    problems = []
+    for (component, module), sides in sorted(layers.items()):
+        target = modules.get((component, module))
+        down, up = sides.get("down"), sides.get("up")
+        if target is None:
+            problems.append(f"{component}.{module}: no such layer in the model")
+        elif down is None or up is None or down[1] != target[1] or up[0] != target[0]:
+            lora_io = f"{down[1] if down else '?'}->{up[0] if up else '?'}"
+            problems.append(f"{component}.{module}: LoRA maps {lora_io} features, the model's "
+                            f"layer {target[1]}->{target[0]}")
+    if problems:
+        base = read_header(path).get("ss_sd_model_name")
+        trained_on = f" (its header names base model {base!r})" if base else ""
+        raise LoraMismatchError(
+            f"this LoRA was trained for a different base model than {model_name}{trained_on}: "
+            f"{len(problems)} of {len(layers)} layers do not fit, e.g. "
+            + "; ".join(problems[:3])
+            + ". Load the base model it was trained on, or a LoRA trained for this model.")
+    return len(layers)
+
+
+# --- applying
+
+def apply_lora(pipe, lora_path: str | Path, strength: float = 1.0,
+               adapter_name: str = "lora") -> str:
+    """Load a diffusers- or kohya-format LoRA file into a pipeline at a given strength.
+
+    Any LoRA applied before is removed first, so calling it again swaps LoRAs.
+
+    Args:
+        pipe: a StableDiffusionPipeline.
+        lora_path: the .safetensors file.
+        strength: multiplier on the trained effect (1.0 = as trained, 0 = base model).
+        adapter_name: name of the adapter inside the pipeline.
+
+    Returns:
+        The adapter name.
+
+    Raises:
+        FileNotFoundError: no such file.
+        LoraMismatchError: the file's layers do not fit this pipeline's model.
+    """
+    path = Path(lora_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"lora_path={str(lora_path)!r} does not exist; pass the "
+                                f"{DIFFUSERS_WEIGHT_NAME} or kohya .safetensors file notebook 05 wrote")
+    components = {"unet": pipe.unet}
+    if getattr(pipe, "text_encoder", None) is not None:
+        components["text_encoder"] = pipe.text_encoder
+    model_name = pipe.unet.config.get("_name_or_path") or "this model"
+    check_lora_fits(path, components, model_name=repr(model_name))
+    if pipe.get_list_adapters():
+        pipe.unload_lora_weights()
+    pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter_name)
+    pipe.set_adapters([adapter_name], adapter_weights=[float(strength)])
+    return adapter_name

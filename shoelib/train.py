@@ -1,0 +1,878 @@
+"""Train a LoRA on Stable Diffusion 1.5's UNet attention from cached latents and captions.
+
+    config = TrainConfig(model=..., train_dir=..., val_dir=..., output_dir=..., cache_dir=...)
+    result = train(config)                      # one process, device from the device policy
+
+    python -m shoelib.train --config run.json   # the same from a JSON file of TrainConfig fields
+    accelerate launch --multi_gpu --num_processes 2 -m shoelib.train --config run.json  # DDP
+
+(`--multi_gpu` is accelerate's torchrun launcher; on a machine without GPUs it starts CPU
+processes that talk over gloo. `--cpu` alone starts one process unless MPI is set up.)
+
+`train()` is the whole loop, top to bottom, with numbered steps. The small functions above it
+are the parts the tests check against diffusers' own (noise targets, min-SNR weights) and the
+checkpoint format. What happens, in short:
+- the VAE latent distribution of every image (and its mirror image) and the text-encoder
+  states of every caption are computed once and cached on disk (shoelib.latent_cache); the
+  VAE and text encoder are then freed, so training holds only the UNet;
+- a PEFT LoRA (rank r, alpha a, scale a/r) on to_q/to_k/to_v/to_out.0 is the only trainable
+  part, kept in float32 even when the frozen UNet runs in half precision;
+- every `checkpoint_every` steps the LoRA, optimizer, LR schedule, every random state and
+  the data order are written atomically, so a killed run resumes exactly where it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import random
+import re
+import shutil
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from shoelib.device import DevicePolicy, choose_policy, cpu_generator, peak_memory_bytes
+from shoelib.io import atomic_path, read_json, write_json
+from shoelib.latent_cache import CacheStats, cache_latents, cache_text, load_latent, load_text
+from shoelib.lora_io import (
+    DIFFUSERS_WEIGHT_NAME,
+    LORA_TARGET_MODULES,
+    peft_lora_state_dict,
+    save_diffusers_lora,
+    save_kohya_lora,
+)
+from shoelib.paths import resolve
+
+KOHYA_WEIGHT_NAME = "lora_kohya.safetensors"
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine",
+                 "cosine_with_restarts", "polynomial")
+# Settings that may change between a checkpoint and its resumption: they change what is
+# logged, kept or how fast it runs, not the numbers a step computes.
+RESUME_FREE_KEYS = frozenset({
+    "output_dir", "cache_dir", "val_dir", "validation_every", "num_validation_prompts",
+    "validation_inference_steps", "validation_guidance_scale", "checkpoint_every",
+    "checkpoints_to_keep", "gradient_checkpointing", "device",
+})
+
+
+class TrainConfigError(ValueError):
+    """A training setting that cannot work (non-positive rate, bad resolution, ...)."""
+
+
+class ResumeMismatchError(ValueError):
+    """The checkpoint to resume was written with different settings."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the run stopped before updating the weights."""
+
+
+# --- configuration
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one LoRA training run depends on. Validated on construction.
+
+    Folders are stored as absolute path strings (the config is saved as JSON in every
+    checkpoint and compared on resume).
+    """
+
+    model: str                    # hub id or local diffusers folder
+    train_dir: str                # processed/<category>/train (metadata.jsonl + PNGs)
+    output_dir: str               # LoRA files, checkpoints/, validation/, logs/
+    cache_dir: str                # cached latents and caption states
+    val_dir: str | None = None    # processed/<category>/val; None: no validation loss
+    resolution: int = 512         # px, multiple of 8
+    max_train_steps: int = 3000   # optimizer steps
+    lora_rank: int = 8
+    lora_alpha: float = 16.0      # LoRA scale = alpha / rank
+    learning_rate: float = 1e-4
+    lr_scheduler: str = "cosine"
+    lr_warmup_steps: int = 500
+    train_batch_size: int = 2     # images per process per micro-batch
+    gradient_accumulation_steps: int = 8
+    max_grad_norm: float = 1.0
+    snr_gamma: float = 0.0        # min-SNR weighting gamma (5.0 in the paper); 0 = off
+    noise_offset: float = 0.0     # 0.05-0.1 helps very dark/bright images; 0 = off
+    caption_dropout: float = 0.0  # share of captions replaced by "" (for CFG); 0 = off
+    random_flip: bool = True      # mirror images at random (both latents are cached)
+    gradient_checkpointing: bool = False
+    validation_every: int = 500   # steps; 0 = never
+    num_validation_prompts: int = 4
+    validation_inference_steps: int = 30
+    validation_guidance_scale: float = 7.5
+    checkpoint_every: int = 500   # steps; the last step is always checkpointed
+    checkpoints_to_keep: int = 2
+    device: str = "auto"          # auto | cuda | mps | cpu
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        # Relative folders are relative to the project root, as for every parameter; `model`
+        # may be a hub id and is resolved when loaded.
+        object.__setattr__(self, "model", str(self.model))
+        for name in ("train_dir", "output_dir", "cache_dir", "val_dir"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, str(resolve(value)))
+        check_config(self)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise TrainConfigError(f"unknown training setting(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise TrainConfigError(message)
+
+
+def check_config(c: TrainConfig) -> None:
+    """Raise TrainConfigError naming the value and the fix for any setting that cannot work."""
+    def whole(x) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    _require(bool(c.model.strip()), "model='' is empty; pass a hub id or a diffusers folder")
+    _require(whole(c.resolution) and c.resolution >= 8 and c.resolution % 8 == 0,
+             f"resolution={c.resolution!r} is not a positive multiple of 8; use "
+             f"{max(8, 8 * round(c.resolution / 8)) if isinstance(c.resolution, int | float) else 512}")
+    for name, example in (("max_train_steps", 3000), ("lora_rank", 8), ("train_batch_size", 2),
+                          ("gradient_accumulation_steps", 8), ("validation_inference_steps", 30),
+                          ("checkpoints_to_keep", 2)):
+        value = getattr(c, name)
+        _require(whole(value) and value > 0, f"{name}={value!r} must be a whole number > 0; "
+                                             f"use e.g. {example}")
+    for name, example in (("lora_alpha", 16), ("learning_rate", 1e-4), ("max_grad_norm", 1.0)):
+        value = getattr(c, name)
+        text = " (it is text: YAML reads 1e-4 as a string, write 1.0e-4)" if isinstance(value, str) else ""
+        _require(isinstance(value, int | float) and value > 0,
+                 f"{name}={value!r} must be a number > 0{text}; use e.g. {example}")
+    for name in ("lr_warmup_steps", "validation_every", "checkpoint_every",
+                 "num_validation_prompts"):
+        value = getattr(c, name)
+        _require(whole(value) and value >= 0, f"{name}={value!r} must be a whole number >= 0")
+    for name in ("snr_gamma", "noise_offset", "validation_guidance_scale"):
+        value = getattr(c, name)
+        _require(isinstance(value, int | float) and value >= 0, f"{name}={value!r} must be >= 0 "
+                                                                "(0 turns it off)")
+    _require(isinstance(c.caption_dropout, int | float) and 0 <= c.caption_dropout < 1,
+             f"caption_dropout={c.caption_dropout!r} must be in [0, 1); use 0.1 or 0 (off)")
+    _require(c.lr_scheduler in LR_SCHEDULERS,
+             f"lr_scheduler={c.lr_scheduler!r} is unknown; use one of {', '.join(LR_SCHEDULERS)}")
+    _require(c.lr_warmup_steps < c.max_train_steps or c.lr_warmup_steps == 0,
+             f"lr_warmup_steps={c.lr_warmup_steps} >= max_train_steps={c.max_train_steps}: the "
+             f"rate would never leave warm-up; use about {max(1, c.max_train_steps // 6)}")
+
+
+def check_model(model: str) -> str:
+    """The location diffusers loads `model` from; training needs a hub id or a diffusers folder.
+
+    Raises:
+        ModelNotFoundError: nothing at that path (see shoelib.pipeline).
+        TrainConfigError: a single-file checkpoint.
+    """
+    from shoelib.pipeline import SINGLE_FILE_SUFFIXES, describe_model_source
+
+    if Path(str(model)).suffix.lower() in SINGLE_FILE_SUFFIXES:
+        raise TrainConfigError(
+            f"model={model!r} is a single-file checkpoint; training loads the UNet, VAE and text "
+            "encoder separately from a diffusers folder. Convert it once: "
+            "`load_pipeline(file, policy, local_config=...).save_pretrained('models/my-sd15')` "
+            "(shoelib.pipeline) and pass model='models/my-sd15'")
+    return describe_model_source(model).location
+
+
+def load_component(model: str, name: str, dtype: torch.dtype | None = None):
+    """One component of a diffusers-layout model, without loading the rest.
+
+    Training never needs the whole pipeline at once: the VAE and text encoder only while
+    caching (and the VAE again to draw validation images), the UNet only afterwards.
+
+    Args:
+        model: hub id or local diffusers folder.
+        name: "unet", "vae", "text_encoder", "tokenizer" or "scheduler" (a DDPMScheduler
+            built from the model's scheduler config, as training uses).
+        dtype: weight dtype for models; ignored for the tokenizer and scheduler.
+    """
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    classes = {"unet": UNet2DConditionModel, "vae": AutoencoderKL, "text_encoder": CLIPTextModel,
+               "tokenizer": CLIPTokenizer, "scheduler": DDPMScheduler}
+    location = check_model(model)
+    kwargs = {"dtype": dtype} if dtype is not None and name in ("unet", "vae", "text_encoder") else {}
+    return classes[name].from_pretrained(location, subfolder=name, **kwargs)
+
+
+def load_inference_scheduler(model: str):
+    """The sampler the model ships with (PNDM for SD 1.5), for validation images."""
+    import diffusers
+
+    config = diffusers.DDPMScheduler.load_config(check_model(model), subfolder="scheduler")
+    return getattr(diffusers, config["_class_name"]).from_config(config)
+
+
+# --- cached inputs
+
+@dataclass(frozen=True)
+class CachedSplit:
+    """One split's images and captions as cache keys (see shoelib.latent_cache)."""
+
+    cache_dir: Path
+    latent_keys: tuple[dict[bool, str], ...]
+    text_keys: tuple[str, ...]
+    captions: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.text_keys)
+
+    def latent(self, index: int, flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        return load_latent(self.cache_dir, self.latent_keys[index][flip])
+
+    def text(self, index: int) -> torch.Tensor:
+        return load_text(self.cache_dir, self.text_keys[index])
+
+
+@dataclass(frozen=True)
+class CachedInputs:
+    train: CachedSplit
+    val: CachedSplit | None
+    empty_text: torch.Tensor  # the "" caption: caption dropout and the CFG negative
+    stats: dict[str, CacheStats]
+
+
+def cache_inputs(config: TrainConfig, splits: dict, device: torch.device) -> CachedInputs:
+    """Encode every image and caption of the splits once; load and free the VAE and text encoder.
+
+    Args:
+        config: the run's settings (model, resolution, random_flip, cache_dir).
+        splits: {"train": DataFrame, "val": DataFrame or None} from `read_split`.
+        device: where to run the encoders.
+    """
+    cache_dir = Path(config.cache_dir)
+    # float32 whatever the training precision: SD's VAE overflows in float16 and the
+    # encodings are computed once, so speed does not matter here.
+    vae = load_component(config.model, "vae", torch.float32).to(device).eval()
+    tokenizer = load_component(config.model, "tokenizer")
+    text_encoder = load_component(config.model, "text_encoder", torch.float32).to(device).eval()
+    flips = (False, True) if config.random_flip else (False,)
+    cached, stats = {}, {}
+    for name, frame in splits.items():
+        if frame is None:
+            cached[name] = None
+            continue
+        # Validation always uses the unflipped image: its loss must be comparable across steps.
+        latent_keys, stats[f"{name}_latents"] = cache_latents(
+            [Path(p) for p in frame["image_path"]], config.resolution,
+            flips if name == "train" else (False,), vae, cache_dir)
+        text_keys, stats[f"{name}_text"] = cache_text(list(frame["text"]), tokenizer,
+                                                      text_encoder, cache_dir)
+        cached[name] = CachedSplit(cache_dir, tuple(latent_keys), tuple(text_keys),
+                                   tuple(frame["text"]))
+    (empty_key,), _ = cache_text([""], tokenizer, text_encoder, cache_dir)
+    del vae, text_encoder
+    free_memory(device)
+    return CachedInputs(cached["train"], cached["val"], load_text(cache_dir, empty_key), stats)
+
+
+def free_memory(device: torch.device | str) -> None:
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+    elif torch.device(device).type == "mps":
+        torch.mps.empty_cache()
+
+
+# --- the diffusion objective (pure functions; tests compare them with diffusers')
+
+@dataclass(frozen=True)
+class Batch:
+    latents: torch.Tensor   # (n, 4, h, w), scaled by the VAE factor
+    text: torch.Tensor      # (n, 77, hidden)
+    noise: torch.Tensor     # like latents
+    timesteps: torch.Tensor  # (n,) int64
+
+
+def snr(noise_scheduler, timesteps: torch.Tensor) -> torch.Tensor:
+    """Signal-to-noise ratio alpha_bar_t / (1 - alpha_bar_t) per timestep (float32)."""
+    alpha_bar = noise_scheduler.alphas_cumprod.to(torch.float64)[timesteps.cpu()]
+    return (alpha_bar / (1 - alpha_bar)).float()
+
+
+def min_snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Per-sample loss weights of min-SNR-gamma (Hang et al. 2023, eq. 9 and its v form).
+
+    epsilon prediction: min(SNR, gamma) / SNR; v prediction: min(SNR, gamma) / (SNR + 1).
+    """
+    ratio = snr(noise_scheduler, timesteps)
+    clipped = ratio.clamp(max=gamma)
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        return clipped / (ratio + 1)
+    return clipped / ratio
+
+
+def noise_target(noise_scheduler, batch: Batch) -> torch.Tensor:
+    """What the UNet should predict: the noise (epsilon) or the velocity (v_prediction)."""
+    kind = noise_scheduler.config.prediction_type
+    if kind == "epsilon":
+        return batch.noise
+    if kind == "v_prediction":
+        return noise_scheduler.get_velocity(batch.latents, batch.noise, batch.timesteps)
+    raise TrainConfigError(f"the model's scheduler has prediction_type={kind!r}; training "
+                           "supports 'epsilon' and 'v_prediction'")
+
+
+def diffusion_loss(unet, batch: Batch, noise_scheduler, snr_gamma: float,
+                   policy: DevicePolicy, device: torch.device) -> torch.Tensor:
+    """Mean squared error of the UNet's prediction on a noised batch, min-SNR weighted if
+    `snr_gamma` > 0. Computed in float32 whatever the UNet's precision."""
+    noisy = noise_scheduler.add_noise(batch.latents, batch.noise, batch.timesteps)
+    prediction = unet(noisy.to(device, policy.dtype), batch.timesteps.to(device),
+                      encoder_hidden_states=batch.text.to(device, policy.dtype),
+                      return_dict=False)[0]
+    target = noise_target(noise_scheduler, batch).to(device)
+    per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(
+        dim=tuple(range(1, target.ndim)))
+    if snr_gamma:
+        per_sample = per_sample * min_snr_weights(noise_scheduler, batch.timesteps,
+                                                  snr_gamma).to(device)
+    return per_sample.mean()
+
+
+def sample_batch(split: CachedSplit, indices: list[int], generator: torch.Generator,
+                 config: TrainConfig, num_timesteps: int, empty_text: torch.Tensor) -> Batch:
+    """Draw latents, flips, caption dropout, noise and timesteps for some samples.
+
+    Everything random comes from `generator` (CPU), so a run is reproducible on any device
+    and a resumed run continues the same random stream.
+    """
+    latents, texts = [], []
+    for i in indices:
+        flip = config.random_flip and bool(torch.rand((), generator=generator) < 0.5)
+        mean, std = split.latent(i, flip)
+        latents.append(mean + std * torch.randn(mean.shape, generator=generator))
+        dropped = config.caption_dropout and bool(
+            torch.rand((), generator=generator) < config.caption_dropout)
+        texts.append(empty_text if dropped else split.text(i))
+    stacked = torch.stack(latents)
+    noise = torch.randn(stacked.shape, generator=generator)
+    if config.noise_offset:
+        # Offset noise (Guttenberg 2023): a per-channel constant lets the model shift the
+        # mean brightness, which zero-mean noise at t=T never teaches it.
+        noise = noise + config.noise_offset * torch.randn(
+            (stacked.shape[0], stacked.shape[1], 1, 1), generator=generator)
+    timesteps = torch.randint(0, num_timesteps, (len(indices),), generator=generator)
+    return Batch(stacked, torch.stack(texts), noise, timesteps)
+
+
+# --- data order and run state
+
+class DataOrder:
+    """An endless stream of dataset indices, reshuffled every epoch by its own generator."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = size
+        self.generator = cpu_generator(seed)
+        self.permutation: list[int] = []
+        self.position = 0
+        self.epoch = 0
+
+    def take(self, n: int) -> list[int]:
+        out: list[int] = []
+        while len(out) < n:
+            if self.position == len(self.permutation):
+                self.permutation = torch.randperm(self.size, generator=self.generator).tolist()
+                self.position = 0
+                self.epoch += 1
+            k = min(n - len(out), len(self.permutation) - self.position)
+            out += self.permutation[self.position:self.position + k]
+            self.position += k
+        return out
+
+    def state_dict(self) -> dict:
+        return {"permutation": self.permutation, "position": self.position, "epoch": self.epoch,
+                "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.permutation = list(state["permutation"])
+        self.position, self.epoch = int(state["position"]), int(state["epoch"])
+        self.generator.set_state(state["generator"])
+
+
+@dataclass
+class History:
+    """What the run measured; saved in every checkpoint so curves survive a resume."""
+
+    train_loss: list[list[float]] = field(default_factory=list)  # [step, loss]
+    val_loss: list[list[float]] = field(default_factory=list)    # [step, loss]
+    grids: list[list] = field(default_factory=list)              # [step, path]
+    step_seconds: list[float] = field(default_factory=list)
+
+
+@dataclass
+class LoopState:
+    """Everything a checkpoint restores besides the LoRA, optimizer and LR schedule."""
+
+    step: int
+    order: DataOrder
+    generator: torch.Generator  # this process's stream: flips, dropout, latents, noise, t
+    history: History
+
+
+def rng_state(generator: torch.Generator) -> dict:
+    """Every random state of this process, in types `torch.load(weights_only=True)` accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": random.getstate(), "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+            "torch": torch.get_rng_state(), "sampling": generator.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def restore_rng_state(state: dict, generator: torch.Generator) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["sampling"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --- checkpoints
+
+_CHECKPOINT = re.compile(r"^step_(\d+)$")
+
+
+def checkpoints_dir(config: TrainConfig) -> Path:
+    return Path(config.output_dir) / "checkpoints"
+
+
+def list_checkpoints(folder: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (staging folders start with '.' and are ignored)."""
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if _CHECKPOINT.match(p.name) and (p / "state.json").exists()]
+    return sorted(found, key=lambda p: int(_CHECKPOINT.match(p.name).group(1)))
+
+
+def check_resume(checkpoint: Path, config: TrainConfig, num_processes: int) -> None:
+    """Raise ResumeMismatchError naming every setting that differs from the checkpoint's."""
+    saved = read_json(checkpoint / "state.json")
+    now = {**config.to_dict(), "num_processes": num_processes}
+    before = {**saved["config"], "num_processes": saved["num_processes"]}
+    differing = sorted(k for k in now.keys() | before.keys()
+                       if k not in RESUME_FREE_KEYS and now.get(k) != before.get(k))
+    if differing:
+        changes = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in differing)
+        raise ResumeMismatchError(
+            f"{checkpoint} was written with different settings ({changes}); resuming would mix "
+            f"two runs. Use the checkpoint's values to resume, or start over by deleting "
+            f"{checkpoint.parent} (or choosing another output folder)")
+
+
+def save_checkpoint(config: TrainConfig, accelerator, unet, optimizer, lr_scheduler,
+                    state: LoopState) -> Path:
+    """Write checkpoints/step_NNNNNN atomically (staging folder, then rename); keep the last K.
+
+    Every process writes its own random states; the main process writes the rest.
+    """
+    root = checkpoints_dir(config)
+    final = root / f"step_{state.step:06d}"
+    staging = root / f".step_{state.step:06d}.partial"
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    torch.save(rng_state(state.generator), staging / f"rng_{accelerator.process_index}.pt")
+    if accelerator.is_main_process:
+        from safetensors.torch import save_file
+
+        save_file(peft_lora_state_dict(accelerator.unwrap_model(unet)),
+                  str(staging / "lora.safetensors"))
+        scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else {}
+        torch.save({"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
+                    "data_order": state.order.state_dict(), "scaler": scaler},
+                   staging / "training_state.pt")
+        write_json(staging / "state.json", {
+            "step": state.step, "config": config.to_dict(),
+            "num_processes": accelerator.num_processes, "history": asdict(state.history)})
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(staging, final)
+        for old in list_checkpoints(root)[:-config.checkpoints_to_keep]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(folder: Path, accelerator, unet, optimizer, lr_scheduler,
+                    state: LoopState) -> None:
+    """Restore a checkpoint written by `save_checkpoint` into the live objects."""
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(accelerator.unwrap_model(unet),
+                              load_file(str(folder / "lora.safetensors")), adapter_name="default")
+    saved = torch.load(folder / "training_state.pt", weights_only=True)
+    optimizer.load_state_dict(saved["optimizer"])
+    lr_scheduler.load_state_dict(saved["lr_scheduler"])
+    if saved["scaler"] and accelerator.scaler is not None:
+        accelerator.scaler.load_state_dict(saved["scaler"])
+    state.order.load_state_dict(saved["data_order"])
+    restore_rng_state(torch.load(folder / f"rng_{accelerator.process_index}.pt",
+                                 weights_only=True), state.generator)
+    meta = read_json(folder / "state.json")
+    state.step = int(meta["step"])
+    state.history = History(**meta["history"])
+
+
+# --- validation
+
+def validation_loss(unet, split: CachedSplit, noise_scheduler, config: TrainConfig,
+                    policy: DevicePolicy, device: torch.device) -> float:
+    """Plain MSE on the validation split with the same latents, noise and timesteps every
+    time (drawn from a generator seeded with the run's seed), so values are comparable
+    across steps."""
+    plain = replace(config, random_flip=False, caption_dropout=0.0, noise_offset=0.0)
+    generator = cpu_generator(config.seed)
+    total, count = 0.0, 0
+    for start in range(0, len(split), config.train_batch_size):
+        indices = list(range(start, min(start + config.train_batch_size, len(split))))
+        batch = sample_batch(split, indices, generator, plain,
+                             noise_scheduler.config.num_train_timesteps, empty_text=None)
+        with torch.no_grad():
+            total += diffusion_loss(unet, batch, noise_scheduler, 0.0, policy, device).item() * len(indices)
+        count += len(indices)
+    return total / count
+
+
+def validation_images(unet, prompt_embeds: list[torch.Tensor], empty_text: torch.Tensor,
+                      config: TrainConfig, device: torch.device) -> np.ndarray:
+    """Images of the validation prompts, seed `config.seed + i` for prompt i.
+
+    The VAE is loaded for this and freed afterwards; prompts come as cached text states, so
+    no text encoder is needed. A fresh StableDiffusionPipeline with the saved LoRA and the
+    same prompts and seeds draws the same images (tests check this).
+
+    Returns:
+        float array (n, resolution, resolution, 3) in [0, 1].
+    """
+    from diffusers import StableDiffusionPipeline
+
+    vae = load_component(config.model, "vae", unet.dtype).to(device)
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=None, tokenizer=None, unet=unet,
+        scheduler=load_inference_scheduler(config.model), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    images = []
+    for i, embeds in enumerate(prompt_embeds):
+        out = pipe(prompt_embeds=embeds[None].to(device, unet.dtype),
+                   negative_prompt_embeds=empty_text[None].to(device, unet.dtype),
+                   height=config.resolution, width=config.resolution,
+                   num_inference_steps=config.validation_inference_steps,
+                   guidance_scale=config.validation_guidance_scale,
+                   generator=cpu_generator(config.seed + i), output_type="np")
+        images.append(out.images[0])
+    del pipe, vae
+    free_memory(device)
+    return np.stack(images)
+
+
+def save_grid(images: np.ndarray, path: Path, columns: int = 4) -> Path:
+    """Tile float images (n, h, w, 3) in [0, 1] into one PNG, written atomically."""
+    n, h, w, _ = images.shape
+    columns = min(columns, n)
+    rows = -(-n // columns)
+    grid = Image.new("RGB", (columns * w, rows * h), "white")
+    for i, image in enumerate(images):
+        tile = Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8))
+        grid.paste(tile, ((i % columns) * w, (i // columns) * h))
+    with atomic_path(path) as tmp:
+        grid.save(tmp)
+    return path
+
+
+# --- the result
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a run produced. Losses are [step, value] pairs over the whole run (resumes included)."""
+
+    steps: int
+    train_loss: list
+    val_loss: list
+    validation_grids: list
+    validation_prompts: tuple[str, ...]
+    lora_diffusers: Path
+    lora_kohya: Path
+    trainable_params: int
+    num_train_images: int
+    seconds_per_step: float | None  # median step time over the run (resumes included)
+    step_seconds: tuple[float, ...]  # wall time of every optimizer step, in order
+    peak_memory_bytes: int
+    resumed_from: int | None
+    cache_stats: dict
+    last_images: np.ndarray | None = None  # the last validation images, if made in this call
+
+
+def kohya_metadata(config: TrainConfig, steps: int, num_images: int) -> dict[str, str]:
+    """Training facts under kohya's `ss_*` names, which A1111/ComfyUI show for a LoRA."""
+    return {
+        "ss_network_module": "networks.lora", "ss_network_dim": config.lora_rank,
+        "ss_network_alpha": config.lora_alpha, "ss_sd_model_name": config.model,
+        "ss_base_model_version": "sd_v1", "ss_v2": False, "ss_steps": steps,
+        "ss_max_train_steps": config.max_train_steps,
+        "ss_resolution": f"({config.resolution}, {config.resolution})",
+        "ss_num_train_images": num_images, "ss_seed": config.seed,
+        "ss_learning_rate": config.learning_rate, "ss_lr_scheduler": config.lr_scheduler,
+        "ss_lr_warmup_steps": config.lr_warmup_steps,
+        "ss_batch_size_per_device": config.train_batch_size,
+        "ss_gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "ss_min_snr_gamma": config.snr_gamma, "ss_noise_offset": config.noise_offset,
+        "ss_caption_dropout_rate": config.caption_dropout, "ss_flip_aug": config.random_flip,
+        "ss_target_modules": ",".join(LORA_TARGET_MODULES),
+        "modelspec.architecture": "stable-diffusion-v1/lora", "modelspec.sai_model_spec": "1.0.0",
+    }
+
+
+# --- the loop
+
+def train(config: TrainConfig, policy: DevicePolicy | None = None,
+          progress: bool = True) -> TrainResult:
+    """Train the LoRA (resuming from the latest checkpoint), export it, return the record.
+
+    Args:
+        config: the run's settings.
+        policy: device and precision; default `choose_policy(config.device)`.
+        progress: show a tqdm progress bar.
+
+    Raises:
+        TrainConfigError, MissingInputError, DatasetError: bad settings or inputs (before
+            any model is loaded).
+        ResumeMismatchError: the checkpoint in output_dir has other settings.
+        NonFiniteLossError: the loss became NaN/inf (the step is named; the last good
+            checkpoint is kept).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import cast_training_params
+    from peft import LoraConfig
+    from tqdm.auto import tqdm
+
+    from shoelib.dataset import read_split
+
+    # 1. Check inputs before loading any model: settings, data, model location, resume.
+    splits = {"train": read_split(config.train_dir),
+              "val": read_split(config.val_dir) if config.val_dir else None}
+    check_model(config.model)
+    policy = policy or choose_policy(config.device)
+    output_dir = Path(config.output_dir)
+    accelerator = Accelerator(mixed_precision=policy.mixed_precision,
+                              cpu=policy.device == "cpu", log_with="tensorboard",
+                              project_dir=str(output_dir / "logs"))
+    device = accelerator.device
+    previous = list_checkpoints(checkpoints_dir(config))
+    if previous:
+        check_resume(previous[-1], config, accelerator.num_processes)
+
+    # 2. Cache latents and caption states (main process first; others then find them
+    #    cached), then free the VAE and text encoder.
+    with accelerator.main_process_first():
+        inputs = cache_inputs(config, splits, device)
+    prompts_from = inputs.val if inputs.val is not None else inputs.train
+    num_prompts = min(config.num_validation_prompts, len(prompts_from))
+    validation_prompts = prompts_from.captions[:num_prompts]
+
+    # 3. The UNet, frozen, with a trainable LoRA on its attention projections. The same
+    #    seed on every process gives every process the same initial LoRA.
+    set_seed(config.seed)
+    unet = load_component(config.model, "unet", policy.dtype).to(device)
+    unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha,
+                                init_lora_weights="gaussian",
+                                target_modules=list(LORA_TARGET_MODULES)))
+    # LoRA weights in float32 even when the UNet is half: the optimizer update of a
+    # half-precision weight underflows, and GradScaler refuses to unscale fp16 gradients.
+    cast_training_params(unet, dtype=torch.float32)
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    noise_scheduler = load_component(config.model, "scheduler")
+    lora_params = [p for p in unet.parameters() if p.requires_grad]
+    trainable = sum(p.numel() for p in lora_params)
+
+    # 4. Optimizer and LR schedule. The schedule is stepped by hand once per optimizer
+    #    step (accelerate would step it once per process).
+    optimizer = torch.optim.AdamW(lora_params, lr=config.learning_rate)
+    lr_scheduler = get_scheduler(config.lr_scheduler, optimizer,
+                                 num_warmup_steps=config.lr_warmup_steps,
+                                 num_training_steps=config.max_train_steps)
+    unet, optimizer = accelerator.prepare(unet, optimizer)
+
+    # 5. Run state; resume from the latest checkpoint if there is one.
+    state = LoopState(step=0, order=DataOrder(len(inputs.train), config.seed),
+                      generator=cpu_generator(config.seed + 1 + accelerator.process_index),
+                      history=History())
+    resumed_from = None
+    if previous:
+        load_checkpoint(previous[-1], accelerator, unet, optimizer, lr_scheduler, state)
+        resumed_from = state.step
+    tracker_config = {k: v if isinstance(v, int | float | str | bool) else str(v)
+                      for k, v in config.to_dict().items()}
+    accelerator.init_trackers("lora", config=tracker_config)
+
+    # 6. The loop: one iteration = one optimizer step over `gradient_accumulation_steps`
+    #    micro-batches of `train_batch_size` images on each process.
+    rank, world = accelerator.process_index, accelerator.num_processes
+    micro = config.train_batch_size
+    last_images = None
+    bar = tqdm(total=config.max_train_steps, initial=state.step, desc="LoRA steps",
+               disable=not (progress and accelerator.is_main_process))
+    try:
+        if state.step == 0 and config.validation_every:  # the base model, for comparison
+            last_images = run_validation(config, accelerator, unet, inputs, noise_scheduler,
+                                         policy, state, validation_prompts)
+        unet.train()
+        while state.step < config.max_train_steps:
+            started = time.perf_counter()
+            losses = []
+            for k in range(config.gradient_accumulation_steps):
+                # Every process draws the same global micro-batch order and takes its share.
+                indices = state.order.take(micro * world)[rank * micro:(rank + 1) * micro]
+                batch = sample_batch(inputs.train, indices, state.generator, config,
+                                     noise_scheduler.config.num_train_timesteps, inputs.empty_text)
+                # Gradients are all-reduced across processes only on the last micro-batch.
+                last = k == config.gradient_accumulation_steps - 1
+                with nullcontext() if last else accelerator.no_sync(unet):
+                    with accelerator.autocast():
+                        loss = diffusion_loss(unet, batch, noise_scheduler, config.snr_gamma,
+                                              policy, device)
+                    accelerator.backward(loss / config.gradient_accumulation_steps)
+                losses.append(loss.detach())
+            step_loss = accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
+            if not np.isfinite(step_loss):
+                kept = list_checkpoints(checkpoints_dir(config))
+                raise NonFiniteLossError(
+                    f"loss is {step_loss} at step {state.step + 1}; training stopped before "
+                    f"updating the weights. Last good checkpoint: "
+                    f"{kept[-1] if kept else 'none'}. Lower learning_rate "
+                    f"(now {config.learning_rate}) or train in float32 (dtype policy "
+                    f"{policy.dtype_name}); a rerun resumes from that checkpoint")
+            accelerator.clip_grad_norm_(lora_params, config.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.history.step_seconds.append(time.perf_counter() - started)
+            state.history.train_loss.append([state.step, step_loss])
+            accelerator.log({"loss/train": step_loss, "lr": lr_scheduler.get_last_lr()[0]},
+                            step=state.step)
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.4f}")
+
+            # 7. Validation and checkpoints (the last step always gets both).
+            done = state.step == config.max_train_steps
+            if config.validation_every and (state.step % config.validation_every == 0 or done):
+                last_images = run_validation(config, accelerator, unet, inputs, noise_scheduler,
+                                             policy, state, validation_prompts)
+                unet.train()
+            if done or (config.checkpoint_every and state.step % config.checkpoint_every == 0):
+                save_checkpoint(config, accelerator, unet, optimizer, lr_scheduler, state)
+        bar.close()
+
+        # 8. Export the LoRA in diffusers and kohya formats.
+        lora_diffusers = output_dir / DIFFUSERS_WEIGHT_NAME
+        lora_kohya = output_dir / KOHYA_WEIGHT_NAME
+        if accelerator.is_main_process:
+            final_unet = accelerator.unwrap_model(unet)
+            save_diffusers_lora(final_unet, lora_diffusers)
+            save_kohya_lora(final_unet, config.lora_alpha, lora_kohya,
+                            kohya_metadata(config, state.step, len(inputs.train)))
+        accelerator.wait_for_everyone()
+    finally:
+        bar.close()
+        accelerator.end_training()
+
+    seconds = state.history.step_seconds
+    return TrainResult(
+        steps=state.step, train_loss=state.history.train_loss, val_loss=state.history.val_loss,
+        validation_grids=state.history.grids, validation_prompts=tuple(validation_prompts),
+        lora_diffusers=lora_diffusers, lora_kohya=lora_kohya, trainable_params=trainable,
+        num_train_images=len(inputs.train),
+        seconds_per_step=statistics.median(seconds) if seconds else None,
+        step_seconds=tuple(seconds),
+        peak_memory_bytes=peak_memory_bytes(policy.device), resumed_from=resumed_from,
+        cache_stats={k: asdict(v) for k, v in inputs.stats.items()}, last_images=last_images)
+
+
+def run_validation(config: TrainConfig, accelerator, unet, inputs: CachedInputs,
+                   noise_scheduler, policy: DevicePolicy, state: LoopState,
+                   prompts: tuple[str, ...]) -> np.ndarray | None:
+    """Validation loss and images on the main process, recorded in `state.history`.
+
+    Returns:
+        The images (n, h, w, 3) on the main process, None elsewhere or without prompts.
+    """
+    images = None
+    if accelerator.is_main_process:
+        model = accelerator.unwrap_model(unet)
+        model.eval()
+        with accelerator.autocast():
+            if inputs.val is not None:
+                loss = validation_loss(model, inputs.val, noise_scheduler, config, policy,
+                                       accelerator.device)
+                state.history.val_loss.append([state.step, loss])
+                accelerator.log({"loss/val": loss}, step=state.step)
+            if prompts:
+                source = inputs.val if inputs.val is not None else inputs.train
+                embeds = [source.text(i) for i in range(len(prompts))]
+                images = validation_images(model, embeds, inputs.empty_text, config,
+                                           accelerator.device)
+        if images is not None:
+            grid = save_grid(images, Path(config.output_dir) / "validation"
+                             / f"step_{state.step:06d}.png")
+            state.history.grids.append([state.step, str(grid)])
+            accelerator.get_tracker("tensorboard").log_images(
+                {"validation": images}, step=state.step, dataformats="NHWC")
+    accelerator.wait_for_everyone()
+    return images
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m shoelib.train --config run.json` (or under `accelerate launch`)."""
+    parser = argparse.ArgumentParser(prog="python -m shoelib.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, type=Path,
+                        help="JSON file with TrainConfig fields (see shoelib/train.py)")
+    args = parser.parse_args(argv)
+    config = TrainConfig.from_dict(json.loads(args.config.read_text()))
+    result = train(config)
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        print(json.dumps({"steps": result.steps, "lora_diffusers": str(result.lora_diffusers),
+                          "lora_kohya": str(result.lora_kohya)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,426 @@
+"""The LoRA training loop on the tiny model: it learns, exports what it trained, resumes exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from shoelib import train as train_module
+from shoelib.latent_cache import CacheStats, cache_latents, cache_text, load_latent
+from shoelib.lora_io import apply_lora
+from shoelib.paths import PROJECT_ROOT
+from shoelib.train import (
+    Batch,
+    DataOrder,
+    NonFiniteLossError,
+    ResumeMismatchError,
+    TrainConfig,
+    TrainConfigError,
+    list_checkpoints,
+    min_snr_weights,
+    noise_target,
+    sample_batch,
+    train,
+)
+
+COLOURS = ("black", "brown", "white", "red", "blue", "grey", "green", "navy blue")
+# One thread per process: tiny tensors on a shared 2-core machine are many times slower with
+# two OpenMP threads spin-waiting on each other, and subprocesses must match in-process runs.
+ONE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT)}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_split(folder: Path, n: int, seed: int) -> Path:
+    """n coloured 'product' PNGs with captions, in the layout 02_prepare_dataset exports."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        pixels = np.full((96, 96, 3), 245, np.uint8)
+        pixels[25:70, 6:60] = rng.integers(0, 255, 3)  # off-centre: mirroring changes it
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+        rows.append({"file_name": f"{i}.png",
+                     "text": f"a professional product photo of {COLOURS[i % 8]} casual shoes"})
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    return {"train": make_split(root / "train", 6, 0), "val": make_split(root / "val", 3, 1),
+            "cache": root / "cache"}
+
+
+def small_config(tiny_sd_dir, data, output_dir, **overrides) -> TrainConfig:
+    values = dict(model=str(tiny_sd_dir), train_dir=data["train"], val_dir=data["val"],
+                  output_dir=output_dir, cache_dir=data["cache"], resolution=64,
+                  max_train_steps=6, lr_warmup_steps=1, learning_rate=5e-3, train_batch_size=2,
+                  gradient_accumulation_steps=2, validation_every=3, num_validation_prompts=2,
+                  validation_inference_steps=3, checkpoint_every=3, checkpoints_to_keep=2,
+                  device="cpu", seed=3)
+    return TrainConfig(**{**values, **overrides})
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_sd_dir, data, tmp_path_factory):
+    config = small_config(tiny_sd_dir, data, tmp_path_factory.mktemp("run"))
+    return config, train(config, progress=False)
+
+
+# --- settings and inputs are checked before any work
+
+@pytest.mark.parametrize("field,value,words", [
+    ("lora_rank", 0, "lora_rank=0"), ("lora_alpha", 0, "lora_alpha=0"),
+    ("learning_rate", -1e-4, "learning_rate=-0.0001"), ("max_train_steps", 0, "max_train_steps=0"),
+    ("resolution", 500, "resolution=500 is not a positive multiple of 8; use 496"),
+    ("caption_dropout", 1.0, "caption_dropout=1.0"), ("lr_scheduler", "cosin", "cosine"),
+    ("lr_warmup_steps", 10, "lr_warmup_steps=10 >= max_train_steps=6"),
+])
+def test_bad_settings_are_refused_with_value_and_fix(tiny_sd_dir, data, tmp_path, field, value, words):
+    with pytest.raises(TrainConfigError) as err:
+        small_config(tiny_sd_dir, data, tmp_path, **{field: value})
+    assert words in str(err.value)
+
+
+def test_missing_or_uncaptioned_train_split_is_refused_before_loading(tiny_sd_dir, data, tmp_path):
+    from shoelib.dataset import DatasetError, MissingInputError
+
+    config = small_config(tiny_sd_dir, data, tmp_path / "out", train_dir=tmp_path / "absent",
+                          cache_dir=tmp_path / "cache")
+    with pytest.raises(MissingInputError, match="absent does not exist"):
+        train(config, progress=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "metadata.jsonl").write_text("")
+    with pytest.raises(DatasetError, match="lists no image"):
+        train(replace(config, train_dir=str(empty)), progress=False)
+    uncaptioned = make_split(tmp_path / "uncaptioned", 2, 0)
+    (uncaptioned / "metadata.jsonl").write_text(
+        json.dumps({"file_name": "0.png", "text": "shoes"}) + "\n"
+        + json.dumps({"file_name": "1.png", "text": " "}) + "\n")
+    with pytest.raises(DatasetError, match="without a caption, e.g. 1.png"):
+        train(replace(config, train_dir=str(uncaptioned)), progress=False)
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()
+
+
+def test_single_file_model_is_refused_with_the_conversion(data, tmp_path):
+    ckpt = tmp_path / "model.safetensors"
+    ckpt.write_bytes(b"")
+    config = small_config(ckpt, data, tmp_path / "out")
+    with pytest.raises(TrainConfigError, match="save_pretrained"):
+        train(config, progress=False)
+
+
+# --- the objective, against diffusers' reference
+
+def scheduler(prediction_type: str):
+    from diffusers import DDPMScheduler
+
+    from shoelib.tiny_sd import SD15_SCHEDULER
+
+    return DDPMScheduler.from_config({**SD15_SCHEDULER, "prediction_type": prediction_type})
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_min_snr_weights_match_diffusers_compute_snr(prediction_type):
+    from diffusers.training_utils import compute_snr
+
+    sched = scheduler(prediction_type)
+    timesteps = torch.tensor([0, 1, 10, 100, 500, 999])
+    snr = compute_snr(sched, timesteps)
+    # train_text_to_image_lora.py's weighting, written out from the paper's definition.
+    clipped = torch.stack([snr, 5.0 * torch.ones_like(snr)], dim=1).min(dim=1)[0]
+    expected = clipped / (snr + 1) if prediction_type == "v_prediction" else clipped / snr
+    torch.testing.assert_close(min_snr_weights(sched, timesteps, 5.0), expected, rtol=1e-5, atol=0)
+    assert (expected < 1).any() and (expected > 0).all()  # clipping happened at small t
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_noise_target_follows_the_scheduler_config(prediction_type):
+    sched = scheduler(prediction_type)
+    g = torch.Generator().manual_seed(0)
+    batch = Batch(torch.randn(2, 4, 8, 8, generator=g), torch.zeros(2, 77, 32),
+                  torch.randn(2, 4, 8, 8, generator=g), torch.tensor([10, 900]))
+    expected = (sched.get_velocity(batch.latents, batch.noise, batch.timesteps)
+                if prediction_type == "v_prediction" else batch.noise)
+    torch.testing.assert_close(noise_target(sched, batch), expected)
+
+
+def test_data_order_visits_every_sample_once_per_epoch_and_restores():
+    order = DataOrder(5, seed=1)
+    first = order.take(5) + order.take(5)
+    assert sorted(first[:5]) == sorted(first[5:]) == list(range(5)) and first[:5] != first[5:]
+    saved = order.state_dict()
+    ahead = order.take(7)
+    again = DataOrder(5, seed=99)
+    again.load_state_dict(saved)
+    assert again.take(7) == ahead
+
+
+# --- the cache
+
+def test_cache_reuses_and_recomputes_only_what_changed(tiny_sd_dir, data, tmp_path):
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    vae = AutoencoderKL.from_pretrained(tiny_sd_dir, subfolder="vae")
+    images = [make_split(tmp_path / "imgs", 3, 5) / f"{i}.png" for i in range(3)]
+    cache = tmp_path / "cache"
+    keys, stats = cache_latents(images, 64, (False, True), vae, cache)
+    assert (stats.computed, stats.reused) == (6, 0)
+    _, stats = cache_latents(images, 64, (False, True), vae, cache)
+    assert (stats.computed, stats.reused) == (0, 6)
+    Image.new("RGB", (96, 96), "red").save(images[1])  # one image changes
+    new_keys, stats = cache_latents(images, 64, (False, True), vae, cache)
+    assert (stats.computed, stats.reused) == (2, 4)
+    assert new_keys[0] == keys[0] and new_keys[1] != keys[1]
+    _, stats = cache_latents(images, 32, (False, True), vae, cache)  # resolution changes
+    assert (stats.computed, stats.reused) == (6, 0)
+    # What is cached is the VAE's distribution (scaled), for the image and its mirror image.
+    from shoelib.latent_cache import load_image_tensor
+
+    with torch.no_grad():
+        dist = vae.encode(load_image_tensor(images[2], 64, True)[None]).latent_dist
+    mean, std = load_latent(cache, new_keys[2][True])
+    torch.testing.assert_close(mean, dist.mean[0] * vae.config.scaling_factor, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(std, dist.std[0] * vae.config.scaling_factor, atol=1e-5, rtol=1e-4)
+
+    tokenizer = CLIPTokenizer.from_pretrained(tiny_sd_dir, subfolder="tokenizer")
+    encoder = CLIPTextModel.from_pretrained(tiny_sd_dir, subfolder="text_encoder")
+    captions = ["black casual shoes", "red casual shoes", "black casual shoes"]
+    text_keys, stats = cache_text(captions, tokenizer, encoder, cache)
+    assert (stats.computed, stats.reused) == (2, 0) and text_keys[0] == text_keys[2]
+    _, stats = cache_text(captions + ["white casual shoes"], tokenizer, encoder, cache)
+    assert (stats.computed, stats.reused) == (1, 2)
+    with torch.no_grad():  # a different text encoder (other weights) gets other keys
+        encoder.get_input_embeddings().weight.mul_(2)
+    other_keys, stats = cache_text(captions, tokenizer, encoder, cache)
+    assert stats.computed == 2 and other_keys[0] != text_keys[0]
+
+
+def test_sample_batch_uses_the_mirrored_latent_and_empty_caption(trained):
+    config, _ = trained
+    inputs = train_module.cache_inputs(config, {"train": _split(config.train_dir), "val": None},
+                                       torch.device("cpu"))
+    flipping = replace(config, caption_dropout=0.999999)
+    batch = sample_batch(inputs.train, [0] * 64, torch.Generator().manual_seed(0), flipping,
+                         1000, inputs.empty_text)
+    plain, mirrored = inputs.train.latent(0, False)[0], inputs.train.latent(0, True)[0]
+    # Latents are mean + std * noise; the small VAE std leaves them nearest their own mean.
+    near_mirror = [(b - mirrored).abs().mean() < (b - plain).abs().mean() for b in batch.latents]
+    assert 16 < sum(near_mirror) < 48  # about half mirrored
+    assert torch.equal(batch.text[0], inputs.empty_text)  # dropped caption -> "" embedding
+    assert inputs.stats["train_latents"] == CacheStats(computed=0, reused=12)  # from training
+
+
+def _split(folder):
+    from shoelib.dataset import read_split
+
+    return read_split(folder)
+
+
+# --- training
+
+def test_training_lowers_the_loss_on_a_fixed_set(tiny_sd_dir, data, tmp_path):
+    config = small_config(tiny_sd_dir, data, tmp_path, val_dir=data["train"], max_train_steps=30,
+                          learning_rate=1e-2, lr_warmup_steps=3, validation_every=15,
+                          num_validation_prompts=0, checkpoint_every=0)
+    result = train(config, progress=False)
+    (s0, first), (_, middle), (s_end, last) = result.val_loss
+    assert (s0, s_end) == (0, 30)
+    assert last < middle < first and last < 0.85 * first  # about 1.20 -> 0.84
+    assert result.trainable_params == sum(v.numel() for v in load_file(str(result.lora_diffusers)).values())
+
+
+def test_run_exports_loras_that_redraw_the_training_images(tiny_sd_dir, trained):
+    from diffusers import StableDiffusionPipeline
+
+    config, result = trained
+    assert result.steps == 6 and result.last_images.shape == (2, 64, 64, 3)
+    assert [s for s, _ in result.val_loss] == [0, 3, 6]
+    assert [Path(p).name for _, p in result.validation_grids] == [
+        "step_000000.png", "step_000003.png", "step_000006.png"]
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_dir, safety_checker=None,
+                                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+
+    def draw():
+        return np.stack([pipe(prompt, num_inference_steps=3, guidance_scale=7.5, height=64,
+                              width=64, generator=torch.Generator().manual_seed(config.seed + i),
+                              output_type="np").images[0]
+                         for i, prompt in enumerate(result.validation_prompts)])
+
+    base = draw()
+    assert np.abs(base - result.last_images).max() > 1e-3  # training changed the images
+    pipe.load_lora_weights(str(result.lora_diffusers.parent), weight_name=result.lora_diffusers.name)
+    np.testing.assert_allclose(draw(), result.last_images, atol=1e-5)
+    apply_lora(pipe, result.lora_kohya)
+    np.testing.assert_allclose(draw(), result.last_images, atol=1e-5)
+
+
+def test_kohya_header_records_the_training(trained):
+    from shoelib.lora_io import read_header
+
+    config, result = trained
+    header = read_header(result.lora_kohya)
+    assert header["ss_network_dim"] == "8" and header["ss_network_alpha"] == "16.0"
+    assert header["ss_sd_model_name"] == config.model and header["ss_steps"] == "6"
+    assert header["ss_resolution"] == "(64, 64)" and header["ss_num_train_images"] == "6"
+    assert header["ss_seed"] == "3"
+
+
+def test_checkpoints_keep_the_last_k_and_ignore_staging(trained):
+    config, _ = trained
+    root = Path(config.output_dir) / "checkpoints"
+    assert [p.name for p in list_checkpoints(root)] == ["step_000003", "step_000006"]
+    (root / ".step_000009.partial").mkdir()  # what a kill during writing leaves
+    try:
+        assert list_checkpoints(root)[-1].name == "step_000006"
+    finally:
+        (root / ".step_000009.partial").rmdir()
+    saved = json.loads((root / "step_000006" / "state.json").read_text())
+    assert saved["step"] == 6 and len(saved["history"]["train_loss"]) == 6
+
+
+def test_rerun_of_a_finished_run_resumes_without_training(trained):
+    config, first = trained
+    again = train(config, progress=False)
+    assert again.resumed_from == 6 and again.steps == 6 and again.last_images is None
+    assert again.train_loss == first.train_loss and again.val_loss == first.val_loss
+
+
+def test_resume_with_other_settings_names_the_keys(trained):
+    config, _ = trained
+    changed = replace(config, lora_rank=4, learning_rate=1e-3, validation_every=2)
+    with pytest.raises(ResumeMismatchError) as err:
+        train(changed, progress=False)
+    message = str(err.value)
+    assert "lora_rank: 8 -> 4" in message and "learning_rate: 0.005 -> 0.001" in message
+    assert "validation_every" not in message  # changes nothing a step computes
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tiny_sd_dir, data,
+                                                                      tmp_path, monkeypatch):
+    real = train_module.diffusion_loss
+    calls = {"n": 0}
+
+    def nan_from_step_3(*args, **kwargs):  # 2 micro-batches per step: call 5 is step 3
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] >= 5 else loss
+
+    monkeypatch.setattr(train_module, "diffusion_loss", nan_from_step_3)
+    config = small_config(tiny_sd_dir, data, tmp_path, validation_every=0, checkpoint_every=2)
+    with pytest.raises(NonFiniteLossError, match="loss is nan at step 3") as err:
+        train(config, progress=False)
+    assert "step_000002" in str(err.value)
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["step_000002"]
+    assert not (tmp_path / "pytorch_lora_weights.safetensors").exists()
+
+
+# --- processes: a real kill, and two processes
+
+def _write_config(config: TrainConfig, path: Path) -> Path:
+    path.write_text(json.dumps(config.to_dict()))
+    return path
+
+
+# Runs the CLI, but after the checkpoint of step STOP sleeps so the test can SIGKILL it there.
+KILLABLE = """
+import sys, time
+import shoelib.train as t
+save = t.save_checkpoint
+def save_then_wait(config, *args):
+    folder = save(config, *args)
+    if folder.name == "step_{stop:06d}":
+        print("CHECKPOINT WRITTEN", flush=True)
+        time.sleep(600)
+    return folder
+t.save_checkpoint = save_then_wait
+sys.exit(t.main(["--config", sys.argv[1]]))
+"""
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_weights(tiny_sd_dir, data, tmp_path):
+    steps, stop = 8, 4
+    full = small_config(tiny_sd_dir, data, tmp_path / "full", max_train_steps=steps,
+                        lr_warmup_steps=2, validation_every=0, checkpoint_every=stop)
+    cut = replace(full, output_dir=str(tmp_path / "cut"))
+    cli = [sys.executable, "-m", "shoelib.train", "--config"]
+    subprocess.run(cli + [str(_write_config(full, tmp_path / "full.json"))], check=True,
+                   env=ONE_THREAD_ENV, capture_output=True)
+
+    script = tmp_path / "killable.py"
+    script.write_text(KILLABLE.format(stop=stop))
+    child = subprocess.Popen([sys.executable, str(script), str(_write_config(cut, tmp_path / "cut.json"))],
+                             env=ONE_THREAD_ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             text=True)
+    try:
+        assert child.stdout.readline().strip().endswith("CHECKPOINT WRITTEN")
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+    assert not (tmp_path / "cut" / "pytorch_lora_weights.safetensors").exists()
+    resumed = subprocess.run(cli + [str(tmp_path / "cut.json")], env=ONE_THREAD_ENV,
+                             capture_output=True, text=True, check=True)
+    assert '"steps": 8' in resumed.stdout
+
+    a = load_file(str(tmp_path / "full" / "pytorch_lora_weights.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "pytorch_lora_weights.safetensors"))
+    assert a.keys() == b.keys() and len(a) > 0
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    assert any(a[k].abs().max() > 0 for k in a if ".up." in k)  # trained, not the zero init
+    history = json.loads((tmp_path / "cut" / "checkpoints" / "step_000008" / "state.json").read_text())
+    assert [s for s, _ in history["history"]["train_loss"]] == list(range(1, steps + 1))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_cpu_run_trains_and_saves_one_lora(tiny_sd_dir, data, tmp_path):
+    config = small_config(tiny_sd_dir, data, tmp_path / "ddp", max_train_steps=4,
+                          train_batch_size=1, validation_every=2, checkpoint_every=2)
+    launch = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu",
+              "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+              "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+              "-m", "shoelib.train", "--config", str(_write_config(config, tmp_path / "ddp.json"))]
+    started = time.perf_counter()
+    done = subprocess.run(launch, env=ONE_THREAD_ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count('"steps": 4') == 1  # one report, from the main process
+    out = tmp_path / "ddp"
+    assert sorted(p.name for p in out.glob("*.safetensors")) == ["lora_kohya.safetensors",
+                                                                 "pytorch_lora_weights.safetensors"]
+    last = out / "checkpoints" / "step_000004"
+    assert json.loads((last / "state.json").read_text())["num_processes"] == 2
+    assert (last / "rng_0.pt").exists() and (last / "rng_1.pt").exists()
+    lora = load_file(str(out / "pytorch_lora_weights.safetensors"))
+    assert any(v.abs().max() > 0 for k, v in lora.items() if ".up." in k)
+    assert time.perf_counter() - started < 300
