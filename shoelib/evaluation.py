@@ -1,0 +1,423 @@
+"""Notebook 07's steps: load the image sets, run every measure, draw the figures, write the summary.
+
+Each step returns `MetricResult` rows (value + the N it used, or None + why), so the summary
+table and summary.json hold exactly the same numbers. A missing or empty synthetic run does
+not stop the evaluation: the real-only baselines are still computed and every synthetic row
+says what is missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from shoelib import classifier as C
+from shoelib import metrics as M
+from shoelib.paths import RunPaths
+
+FIDELITY_FEATURES = ("clip", "pixels", "inception")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Settings of the evaluation (from notebook 07's parameters).
+
+    Attributes:
+        fidelity_features: "clip" (CLIP image embeddings), "pixels" (weight-free) or
+            "inception" (needs torch-fidelity).
+        kid_subsets: subsets KID averages over.
+        min_images: fewest images per set for KID and CMMD.
+        near_duplicate_bits: pHash distance (of 64 bits) that counts as a near duplicate.
+        classifier: how the downstream colour classifier is trained.
+        classifier_seeds: one classifier per seed and training set.
+        classifier_min_per_class: fewest real training images for a colour to be a class.
+        gallery_size: images in each of the best/worst galleries.
+        seed: KID subset sampling seed.
+    """
+
+    fidelity_features: str = "clip"
+    kid_subsets: int = 100
+    min_images: int = 20
+    near_duplicate_bits: int = 6
+    classifier: C.ClassifierConfig = field(default_factory=C.ClassifierConfig)
+    classifier_seeds: tuple[int, ...] = (0, 1, 2)
+    classifier_min_per_class: int = 10
+    gallery_size: int = 8
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.fidelity_features not in FIDELITY_FEATURES:
+            raise ValueError(f"fidelity_features={self.fidelity_features!r} is unknown; use "
+                             f"{' | '.join(FIDELITY_FEATURES)}")
+        if not self.classifier_seeds:
+            raise ValueError("classifier_seeds is empty; give at least one, e.g. [0, 1, 2]")
+
+
+# --- the image sets
+
+
+@dataclass(frozen=True)
+class EvalSets:
+    """The images 07 compares; every frame has `image_path`, `colour` and `text`.
+
+    Attributes:
+        train: real training split (the LoRA saw these: the memorisation reference).
+        test: real held-out test split (fidelity and downstream reference).
+        synthetic: the synthetic run (empty if there is none).
+        notes: report lines about what is missing or partial.
+        run_summary: the run's summary.json ({} if none).
+    """
+
+    train: pd.DataFrame
+    test: pd.DataFrame
+    synthetic: pd.DataFrame
+    notes: tuple[str, ...]
+    run_summary: dict
+
+    def counts(self) -> dict[str, int]:
+        return {"real_train": len(self.train), "real_test": len(self.test),
+                "synthetic": len(self.synthetic)}
+
+
+def load_eval_sets(output_root: str | Path, category: str, run_name: str) -> EvalSets:
+    """Real train/test splits from 02 and the synthetic run `run_name` from 06.
+
+    Raises:
+        FileNotFoundError: a real split is missing (run 02 first).
+    """
+    from shoelib.dataset import read_split
+    from shoelib.generate import EmptyRunError, read_run
+
+    paths = RunPaths.from_param(output_root)
+    train = read_split(paths.processed(category) / "train")
+    test = read_split(paths.processed(category) / "test")
+    notes: list[str] = []
+    try:
+        run = read_run(paths.synthetic / run_name)
+        synthetic, summary = run.frame, run.summary
+        notes += list(run.notes)
+    except EmptyRunError as err:
+        synthetic, summary = pd.DataFrame(columns=["image_path", "colour", "text"]), {}
+        notes.append(f"No synthetic images: {err}. Only the real baselines are computed.")
+    return EvalSets(train, test, synthetic, tuple(notes), summary)
+
+
+def is_demo_run(sets: EvalSets, clip: M.ClipBundle | None) -> bool:
+    """True when the images come from the tiny random demo model or CLIP is random."""
+    model = str(sets.run_summary.get("model", ""))
+    return "tiny-sd" in model or bool(clip and clip.random_weights)
+
+
+# --- features
+
+
+def feature_extractor(name: str, clip: M.ClipBundle | None) -> tuple[M.FeatureExtractor, str]:
+    """The extractor for fidelity and memorisation, and a report line about the choice.
+
+    `clip` without weights ("none") falls back to pixel features, and says so.
+    """
+    if name == "inception":
+        return M.inception_features(), "Inception v3 (torch-fidelity weights): the FID standard"
+    if name == "clip" and clip is not None:
+        how = "random weights: meaningless" if clip.random_weights else "CMMD paper's choice"
+        return M.ClipFeatures(clip), f"CLIP image embeddings of {clip.name} ({how})"
+    if name == "clip":
+        return M.PixelFeatures(), ("clip_model='none': fidelity falls back to weight-free pixel "
+                                   "features (colour histogram + thumbnail), not comparable "
+                                   "with published KID/FID")
+    return M.PixelFeatures(), "weight-free pixel features (colour histogram + thumbnail)"
+
+
+def set_features(sets: EvalSets, extractor: M.FeatureExtractor) -> dict[str, np.ndarray]:
+    """Features of the train, test and synthetic images."""
+    return {name: M.extract_features(list(frame["image_path"]), extractor, desc=f"{name} features")
+            for name, frame in (("train", sets.train), ("test", sets.test),
+                                ("synthetic", sets.synthetic))}
+
+
+# --- fidelity and text alignment
+
+
+def fidelity_results(feats: dict[str, np.ndarray], config: EvalConfig, feature_space: str,
+                     clip_feats: dict[str, np.ndarray] | None = None,
+                     clip_name: str = "") -> list[M.MetricResult]:
+    """KID (primary), FID and CMMD of synthetic vs real test, and real train vs real test as the
+    reference a perfect generator would reach at this N."""
+    test, syn, train = feats["test"], feats["synthetic"], feats["train"]
+    kid = M.kid(test, syn, subsets=config.kid_subsets, min_images=config.min_images,
+                seed=config.seed, feature_space=feature_space)
+    ref = M.kid(test, train, subsets=config.kid_subsets, min_images=config.min_images,
+                seed=config.seed, feature_space=feature_space)
+    out = [kid, M.MetricResult("KID reference (real train vs real test)", ref.value, ref.std,
+                               ref.n_real, None, f"{len(train)} real train images in place of "
+                               "synthetic ones: the floor at this N", "lower"),
+           M.fid(test, syn, feature_space=feature_space)]
+    if clip_feats is None:
+        out.append(M.MetricResult("CMMD", None, n_real=len(test), n_synthetic=len(syn),
+                                  note="needs CLIP (clip_model='none')"))
+    else:
+        out.append(M.cmmd(clip_feats["test"], clip_feats["synthetic"],
+                          min_images=config.min_images, clip_name=clip_name))
+    return out
+
+
+def clip_score_results(clip: M.ClipBundle | None, sets: EvalSets,
+                       batch_size: int = 32) -> tuple[list[M.MetricResult], pd.Series]:
+    """CLIP score of each synthetic image against its prompt, and of each real test image
+    against its caption (the reference).
+
+    Returns:
+        (table rows, per-synthetic-image scores aligned with sets.synthetic).
+    """
+    if clip is None:
+        row = M.MetricResult("CLIP score (synthetic)", None, note="skipped: clip_model='none' "
+                             "(set it to openai/clip-vit-large-patch14 on a machine with network)")
+        return [row], pd.Series(np.nan, index=sets.synthetic.index)
+    rows, per_image = [], pd.Series(np.nan, index=sets.synthetic.index)
+    for which, frame in (("synthetic", sets.synthetic), ("real test", sets.test)):
+        scores = _scores(clip, frame, batch_size)
+        n_key = "n_synthetic" if which == "synthetic" else "n_real"
+        if len(scores) == 0:
+            rows.append(M.MetricResult(f"CLIP score ({which})", None, note="no images", **{n_key: 0}))
+            continue
+        note = f"100 * max(cos, 0) of image and its {'prompt' if which == 'synthetic' else 'caption'}"
+        if clip.random_weights:
+            note += "; random-weight CLIP: meaningless"
+        rows.append(M.MetricResult(f"CLIP score ({which})", float(scores.mean()),
+                                   float(scores.std()), better="higher", note=note,
+                                   **{n_key: len(scores)}))
+        if which == "synthetic":
+            per_image = pd.Series(scores, index=frame.index)
+    return rows, per_image
+
+
+def _scores(clip: M.ClipBundle, frame: pd.DataFrame, batch_size: int) -> np.ndarray:
+    out = []
+    for chunk in M.batches(frame.index, batch_size):
+        images = [M.open_rgb(p) for p in frame.loc[chunk, "image_path"]]
+        out.append(M.clip_scores(clip, images, list(frame.loc[chunk, "text"])))
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+# --- weight-free photo checks
+
+
+@dataclass(frozen=True)
+class PhotoChecks:
+    """Per-image measures and the rows/tables derived from them."""
+
+    results: list[M.MetricResult]
+    synthetic: pd.DataFrame
+    test: pd.DataFrame
+    confusion_synthetic: pd.DataFrame
+    confusion_real: pd.DataFrame
+
+
+def photo_checks(sets: EvalSets, thresholds: M.PhotoThresholds | None = None) -> PhotoChecks:
+    """Colour faithfulness (synthetic vs prompt; real test vs label = the label-noise baseline)
+    and product-photo conformity of both sets."""
+    thresholds = thresholds or M.PhotoThresholds()
+    syn = M.measure_photos(list(sets.synthetic["image_path"]), thresholds, desc="synthetic checks")
+    test = M.measure_photos(list(sets.test["image_path"]), thresholds, desc="real checks")
+    acc_syn, conf_syn = M.colour_faithfulness(list(sets.synthetic["colour"]),
+                                              list(syn["dominant_colour"]), "synthetic")
+    acc_real, conf_real = M.colour_faithfulness(list(sets.test["colour"]),
+                                                list(test["dominant_colour"]), "real")
+    acc_real = M.MetricResult(acc_real.name, acc_real.value, None, acc_real.n_real, None,
+                              acc_real.note + ": the ceiling set by label noise and the measure",
+                              "higher")
+    results = [acc_syn, acc_real, *M.conformity_results(syn, "synthetic"),
+               *M.conformity_results(test, "real")]
+    return PhotoChecks(results, syn, test, conf_syn, conf_real)
+
+
+def diversity_and_memorisation(checks: PhotoChecks, feats: dict[str, np.ndarray],
+                               config: EvalConfig, feature_space: str
+                               ) -> tuple[list[M.MetricResult], M.MemorisationReport]:
+    """Near duplicates and spread of the synthetic set (real test as reference), and its
+    nearest training images."""
+    rows = []
+    for which, measures, key in (("synthetic", checks.synthetic, "synthetic"),
+                                 ("real", checks.test, "test")):
+        bits = M.hash_bits(list(measures["phash"]))
+        rows += M.diversity_results(bits, feats[key], which, config.near_duplicate_bits)
+    report = M.memorisation(feats["synthetic"], feats["train"], feats["test"],
+                            feature_space=feature_space)
+    return rows + report.results, report
+
+
+# --- downstream classifier
+
+
+@dataclass(frozen=True)
+class DownstreamStudy:
+    """The classifier study: classes, every run, mean ± std per training set, table rows."""
+
+    classes: list[str]
+    runs: pd.DataFrame
+    summary: pd.DataFrame
+    results: list[M.MetricResult]
+    notes: tuple[str, ...]
+
+
+def downstream_study(sets: EvalSets, config: EvalConfig) -> DownstreamStudy:
+    """Train colour classifiers on real, real + synthetic and synthetic only; test on real."""
+    classes = C.select_classes(sets.train["colour"], sets.test["colour"],
+                               config.classifier_min_per_class)
+    if len(classes) < 2:
+        note = (f"fewer than 2 colours have {config.classifier_min_per_class}+ real training "
+                f"images and a test image (found {classes}); lower classifier_min_per_class")
+        row = M.MetricResult("classifier accuracy", None, n_real=len(sets.test), note=note)
+        return DownstreamStudy(classes, pd.DataFrame(), pd.DataFrame(), [row], (note,))
+    px = config.classifier.image_px
+    real = labelled_set("real", sets.train, classes, px)
+    test = labelled_set("test", sets.test, classes, px)
+    syn = labelled_set("synthetic", sets.synthetic, classes, px)
+    notes = [f"{len(sets.synthetic) - len(syn)} synthetic images of other colours left out"]
+    train_sets = [real]
+    if len(syn):
+        train_sets += [C.LabelledSet("real+synthetic", np.concatenate([real.x, syn.x]),
+                                     np.concatenate([real.y, syn.y])), syn]
+    else:
+        notes.append("no synthetic images of these colours: only the real classifier is trained")
+    runs = C.downstream_study(train_sets, test, len(classes), config.classifier,
+                              config.classifier_seeds)
+    summary = C.summarise_study(runs)
+    return DownstreamStudy(classes, runs, summary, C.study_results(summary, len(classes)),
+                           tuple(notes))
+
+
+def labelled_set(name: str, frame: pd.DataFrame, classes: Sequence[str], px: int) -> C.LabelledSet:
+    """The images of `frame` whose colour is one of `classes`, as classifier input."""
+    keep, y = C.encode_labels(list(frame["colour"]), classes)
+    return C.LabelledSet(name, C.load_pixels(list(frame["image_path"][keep]), px), y)
+
+
+# --- figures
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
+    """Write a figure as PNG atomically (the notebook then shows it)."""
+    from shoelib.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi)
+    return Path(path)
+
+
+def image_grid(paths: Sequence[str | Path], titles: Sequence[str], ncols: int = 4,
+               title: str = "", colours: Sequence[str] | None = None) -> Any:
+    """A matplotlib figure of images with small titles (empty grid says so)."""
+    import matplotlib.pyplot as plt
+
+    n = max(1, len(paths))
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 3.2 * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    if not paths:
+        axes.flat[0].text(0.5, 0.5, "no images", ha="center", va="center")
+    for i, (ax, path, text) in enumerate(zip(axes.flat, paths, titles, strict=False)):
+        ax.imshow(M.open_rgb(path))
+        ax.set_title(text, fontsize=8, color=colours[i] if colours else "black")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(confusion: pd.DataFrame, title: str) -> Any:
+    """Heatmap of a colour confusion matrix (rows asked, columns found), row-normalised."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1 + 0.5 * max(2, confusion.shape[1]),
+                                    1 + 0.45 * max(2, confusion.shape[0])))
+    if confusion.empty:
+        ax.text(0.5, 0.5, "no colour labels", ha="center", va="center")
+        ax.axis("off")
+        return fig
+    share = confusion.div(confusion.sum(axis=1).replace(0, 1), axis=0)
+    ax.imshow(share.values, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(confusion.shape[1]), confusion.columns, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(confusion.shape[0]), confusion.index, fontsize=8)
+    for (i, j), v in np.ndenumerate(confusion.values):
+        if v:
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=7,
+                    color="white" if share.values[i, j] > 0.5 else "black")
+    ax.set_xlabel("dominant colour found")
+    ax.set_ylabel("colour asked")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def downstream_figure(summary: pd.DataFrame, n_classes: int) -> Any:
+    """Bars of accuracy and macro-F1 (mean ± std over seeds) per training set."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, metric in zip(axes, ("accuracy", "macro_f1"), strict=True):
+        if summary.empty:
+            ax.text(0.5, 0.5, "not computed", ha="center", va="center")
+            continue
+        ax.bar(summary["training_set"], summary[f"{metric}_mean"], yerr=summary[f"{metric}_std"],
+               capsize=4, color=["#4c72b0", "#55a868", "#c44e52"][:len(summary)])
+        if metric == "accuracy" and n_classes:
+            ax.axhline(1 / n_classes, color="grey", ls="--", lw=1, label="chance")
+            ax.legend(fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{metric.replace('_', '-')} on real test (mean ± std over seeds)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def distribution_figure(values: dict[str, np.ndarray], title: str, xlabel: str) -> Any:
+    """Overlaid histograms (e.g. nearest-train similarity of synthetic vs real test images)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for label, v in values.items():
+        if len(v):
+            ax.hist(v, bins=20, alpha=0.55, label=f"{label} (N={len(v)})", density=True)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def ranked_examples(sets: EvalSets, checks: PhotoChecks, clip_scores: pd.Series,
+                    k: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Best and worst synthetic images: colour right and conforming first, then CLIP score."""
+    if sets.synthetic.empty:
+        return sets.synthetic, sets.synthetic
+    frame = sets.synthetic.assign(
+        found=checks.synthetic["dominant_colour"].to_numpy(),
+        conforming=checks.synthetic["conforming"].to_numpy(),
+        clip_score=clip_scores.to_numpy())
+    frame["colour_ok"] = [M.palette_name(a) == f for a, f in zip(frame["colour"], frame["found"],
+                                                                 strict=True)]
+    ranked = frame.sort_values(["colour_ok", "conforming", "clip_score"], ascending=False,
+                               na_position="last")
+    return ranked.head(k), ranked.tail(k).iloc[::-1]
+
+
+def example_titles(frame: pd.DataFrame) -> list[str]:
+    return [f"asked {r.colour} -> {r.found}\n"
+            + ("conforming" if r.conforming else "not conforming")
+            + ("" if pd.isna(r.clip_score) else f", CLIP {r.clip_score:.1f}")
+            for r in frame.itertuples()]
+
+
+# --- summary
+
+
+def summary_record(results: Sequence[M.MetricResult], **extra: Any) -> dict:
+    """summary.json: every table row (value, std, N) plus context (`extra`)."""
+    rows = [r.as_row() for r in results]
+    return {"results": rows, "table": {r["name"]: r["value"] for r in rows}, **extra}

@@ -1,0 +1,836 @@
+"""Generate the synthetic dataset: base model + LoRA, a seeded prompt plan, checked PNGs.
+
+    plan_config = plan_config_from_split(train_dir, n_images=5000, seed=42)
+    gen = GenerateConfig(model="stable-diffusion-v1-5/stable-diffusion-v1-5",
+                         lora_path=find_lora("data/full", ""))
+    result = generate(plan_config, gen, RunPaths.from_param("data/full").synthetic / "v1")
+
+Layout of a run folder (synthetic/<run_name>/):
+
+    000000.png ...     one image per plan item; prompt, seed and settings in its text chunks
+    000007.failed.json a plan item given up after `max_attempts` checked failures
+    metadata.jsonl     one row per PNG (file_name, text, colour, gender, season, seed, ...):
+                       the same shape as 02's split files, so the folder is a training set
+    run.json           the settings every image of the folder was made with
+    summary.json       counts and timings
+
+The plan is a pure function of its config, item by item (item i depends only on the seed
+and i), so a rerun regenerates exactly the missing items and a larger `n_images` extends a
+run. PNGs are written atomically; the PNG text chunks are the source of truth, and the
+manifest is rebuilt from them at the end. Under `accelerate launch` the remaining items are
+sharded over the processes and the main process writes the manifest:
+
+    accelerate launch --multi_gpu --num_processes 4 -m shoelib.generate --config configs/full.yaml
+    python -m shoelib.generate --config configs/demo.yaml -p n_images 8    # one process
+
+(`--multi_gpu` is accelerate's torchrun launcher; on a machine without GPUs it starts CPU
+processes over gloo, which is how the sharding is tested. `--cpu` alone starts one process.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import string
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image, PngImagePlugin
+
+from shoelib.io import atomic_path, read_json, write_json, write_text
+from shoelib.paths import RunPaths, resolve
+
+VIEW_PHRASES = ("side view", "three-quarter view", "top view", "pair")
+DEFAULT_PROMPT_TEMPLATE = (
+    "A professional product photo of {colour} {article}, {season} collection, {gender}, "
+    "{view}, centered on white background, high quality, product photography"
+)
+PLACEHOLDERS = ("colour", "article", "season", "gender", "view")
+# Accepted `scheduler` names -> diffusers class ("model" keeps the model's own scheduler).
+SCHEDULERS = {
+    "dpm++": "DPMSolverMultistepScheduler", "ddim": "DDIMScheduler", "pndm": "PNDMScheduler",
+    "euler": "EulerDiscreteScheduler", "euler_a": "EulerAncestralDiscreteScheduler",
+    "unipc": "UniPCMultistepScheduler", "model": None,
+}
+COLOUR_DISTRIBUTIONS = ("real", "uniform")
+MANIFEST = "metadata.jsonl"
+RUN_FILE = "run.json"
+SUMMARY = "summary.json"
+PNG_RECORD_KEY = "shoelib"  # PNG text chunk with the image's record as JSON
+MISSING = frozenset({"", "na", "n/a", "nan", "none", "null"})
+
+
+class GenerateConfigError(ValueError):
+    """A generation or prompt-plan setting that cannot work."""
+
+
+class LoraNotFoundError(FileNotFoundError):
+    """No LoRA where `lora_path` (or notebook 05's summary) points."""
+
+
+class RunMismatchError(ValueError):
+    """A run folder holds images made with other settings than the ones asked for now."""
+
+
+class EmptyRunError(FileNotFoundError):
+    """A synthetic run folder that is missing or holds no image."""
+
+
+# --- the prompt plan
+
+
+@dataclass(frozen=True)
+class PromptPlanConfig:
+    """What to ask for, and how often.
+
+    Attributes:
+        n_images: plan length.
+        seed: plan seed: item i is drawn from a generator seeded with (seed, i).
+        colours, genders, seasons: (value, weight) pairs each attribute is drawn from.
+        views: view/style phrases, drawn uniformly.
+        article: the product noun of the prompt, e.g. "casual shoes".
+        template: prompt with placeholders {colour} {article} {season} {gender} {view}.
+    """
+
+    n_images: int
+    seed: int
+    colours: tuple[tuple[str, float], ...]
+    genders: tuple[tuple[str, float], ...] = (("Men", 1.0),)
+    seasons: tuple[tuple[str, float], ...] = (("Summer", 1.0),)
+    views: tuple[str, ...] = VIEW_PHRASES
+    article: str = "casual shoes"
+    template: str = DEFAULT_PROMPT_TEMPLATE
+
+    def check(self) -> None:
+        """Raise GenerateConfigError for an unusable plan (before any heavy work)."""
+        if isinstance(self.n_images, bool) or not isinstance(self.n_images, int) or self.n_images < 1:
+            raise GenerateConfigError(f"n_images={self.n_images!r} must be a whole number >= 1")
+        for name in ("colours", "genders", "seasons"):
+            pairs = getattr(self, name)
+            if not pairs or any(w < 0 for _, w in pairs) or sum(w for _, w in pairs) <= 0:
+                raise GenerateConfigError(
+                    f"{name}={pairs!r} needs at least one value with a positive weight; "
+                    "check that the train split has values in that column")
+        if not self.views:
+            raise GenerateConfigError("view_phrases is empty; give at least one, e.g. ['side view']")
+        check_template(self.template)
+
+
+@dataclass(frozen=True)
+class PlannedImage:
+    """One plan item: what to render and with which seed."""
+
+    index: int
+    prompt: str
+    seed: int
+    colour: str
+    gender: str
+    season: str
+    view: str
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.index:06d}.png"
+
+
+def check_template(template: str) -> None:
+    """Raise GenerateConfigError for unknown or missing placeholders."""
+    try:
+        names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as err:
+        raise GenerateConfigError(f"prompt_template is malformed ({err}): {template!r}") from None
+    unknown = names - set(PLACEHOLDERS)
+    if unknown:
+        raise GenerateConfigError(
+            f"prompt_template uses unknown placeholder(s) {sorted(unknown)}; "
+            f"use {', '.join('{' + p + '}' for p in PLACEHOLDERS)}")
+    if "colour" not in names:
+        raise GenerateConfigError("prompt_template has no {colour}: the plan's colours would "
+                                  "not reach the prompts (07 scores colour faithfulness)")
+
+
+def attribute_weights(values: Iterable[Any], mode: str = "real") -> tuple[tuple[str, float], ...]:
+    """(value, weight) pairs from a column of the train split, most frequent first.
+
+    Args:
+        values: the column (missing values such as "", "NA", None are left out).
+        mode: "real" (weights = shares in the column) or "uniform" (every value equally).
+    """
+    if mode not in COLOUR_DISTRIBUTIONS:
+        raise GenerateConfigError(f"colour_distribution={mode!r} is unknown; use "
+                                  f"{' or '.join(COLOUR_DISTRIBUTIONS)}")
+    kept = [str(v).strip() for v in values
+            if v is not None and not (isinstance(v, float) and np.isnan(v))
+            and str(v).strip().lower() not in MISSING]
+    counts = Counter(kept).most_common()
+    total = sum(n for _, n in counts)
+    if mode == "uniform":
+        return tuple((v, round(1.0 / len(counts), 6)) for v, _ in counts)
+    return tuple((v, round(n / total, 6)) for v, n in counts)
+
+
+def plan_config_from_split(train_dir: str | Path, *, n_images: int, seed: int,
+                           colour_distribution: str = "real",
+                           views: Sequence[str] = VIEW_PHRASES, article: str = "Casual Shoes",
+                           template: str = DEFAULT_PROMPT_TEMPLATE) -> PromptPlanConfig:
+    """A plan config whose colours, genders and seasons follow the prepared train split.
+
+    Colours follow the train split's shares ("real") or are uniform over its colours
+    ("uniform"); genders and seasons always follow the real shares.
+    """
+    from shoelib.dataset import read_split
+
+    frame = read_split(train_dir)
+    config = PromptPlanConfig(
+        n_images=n_images, seed=int(seed),
+        colours=attribute_weights(frame.get("colour", []), colour_distribution),
+        genders=attribute_weights(frame.get("gender", []), "real"),
+        seasons=attribute_weights(frame.get("season", []), "real"),
+        views=tuple(views), article=str(article).lower(), template=template,
+    )
+    config.check()
+    return config
+
+
+def _draw(rng: np.random.Generator, pairs: Sequence[tuple[str, float]]) -> str:
+    weights = np.array([w for _, w in pairs], dtype=np.float64)
+    return pairs[int(rng.choice(len(pairs), p=weights / weights.sum()))][0]
+
+
+def plan_item(config: PromptPlanConfig, index: int) -> PlannedImage:
+    """Item `index` of the plan; depends only on (config.seed, index) and the weights."""
+    rng = np.random.default_rng([int(config.seed), int(index)])
+    colour, gender = _draw(rng, config.colours), _draw(rng, config.genders)
+    season, view = _draw(rng, config.seasons), config.views[int(rng.integers(len(config.views)))]
+    seed = int(rng.integers(0, 2**31 - 1))
+    prompt = config.template.format(colour=colour.lower(), article=config.article,
+                                    season=season, gender=gender, view=view)
+    return PlannedImage(index, prompt, seed, colour, gender, season, view)
+
+
+def make_plan(config: PromptPlanConfig) -> list[PlannedImage]:
+    """The whole plan; the first k items are the same for any n_images >= k."""
+    config.check()
+    return [plan_item(config, i) for i in range(config.n_images)]
+
+
+# --- generation settings
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """How each image is rendered.
+
+    Attributes:
+        model: hub id, local diffusers folder or single .safetensors/.ckpt file.
+        lora_path: the LoRA file to apply, or None for the base model alone.
+        lora_strength: LoRA multiplier (1.0 = as trained, 0 = base model).
+        scheduler: one of SCHEDULERS ("dpm++" is fast: ~25 steps).
+        steps: denoising steps.
+        guidance_scale: classifier-free guidance weight.
+        negative_prompt: what to steer away from ("" = none).
+        resolution: image side in px (multiple of 8).
+        batch_size: images per pipeline call; forced to 1 on MPS (batches misbehave there).
+        max_attempts: tries per plan item (the next seed each time) before it is given up.
+        device, dtype: for `shoelib.device.choose_policy`.
+        local_config: diffusers config folder for a single-file model.
+    """
+
+    model: str
+    lora_path: Path | None
+    lora_strength: float = 1.0
+    scheduler: str = "dpm++"
+    steps: int = 25
+    guidance_scale: float = 7.5
+    negative_prompt: str = ""
+    resolution: int = 512
+    batch_size: int = 4
+    max_attempts: int = 3
+    device: str = "auto"
+    dtype: str = "auto"
+    local_config: str | None = None
+
+    def check(self) -> None:
+        """Raise a clear error for unusable settings, before any model is loaded."""
+        from shoelib.pipeline import check_generation_settings
+
+        check_generation_settings(self.resolution, self.steps, self.guidance_scale)
+        if self.scheduler not in SCHEDULERS:
+            raise GenerateConfigError(f"scheduler={self.scheduler!r} is unknown; use one of "
+                                      f"{', '.join(SCHEDULERS)}")
+        for name in ("batch_size", "max_attempts"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise GenerateConfigError(f"{name}={value!r} must be a whole number >= 1")
+        if self.lora_path is not None and not Path(self.lora_path).is_file():
+            raise LoraNotFoundError(f"lora_path={str(self.lora_path)!r} is not a file; run "
+                                    "05_train_lora or set lora_path to its .safetensors file")
+
+
+def find_lora(output_root: str | Path, lora_path: str | None = "") -> Path | None:
+    """The LoRA file to use.
+
+    Args:
+        output_root: the run's output root (05 wrote lora/summary.json there).
+        lora_path: "" or None: the diffusers file named in 05's summary; "none": no LoRA
+            (the base model, a useful baseline for 07); otherwise a .safetensors file or a
+            folder holding pytorch_lora_weights.safetensors.
+
+    Raises:
+        LoraNotFoundError: nothing usable there; the message says to run 05 or set lora_path.
+    """
+    from shoelib.lora_io import DIFFUSERS_WEIGHT_NAME
+
+    text = "" if lora_path is None else str(lora_path).strip()
+    if text.lower() == "none":
+        return None
+    if text:
+        path = resolve(text)
+        if path.is_dir():
+            path = path / DIFFUSERS_WEIGHT_NAME
+        if not path.is_file():
+            raise LoraNotFoundError(
+                f"lora_path={text!r}: {path} does not exist; pass a LoRA .safetensors file "
+                "(or its folder), '' for the one 05_train_lora wrote, or 'none' for the base model")
+        return path
+    summary = RunPaths.from_param(output_root).lora / "summary.json"
+    if not summary.is_file():
+        raise LoraNotFoundError(
+            f"no LoRA found: {summary} does not exist. Run 05_train_lora first (same "
+            "output_root), or set lora_path to a LoRA .safetensors file, or lora_path='none' "
+            "to generate with the base model alone")
+    path = resolve(read_json(summary).get("lora_diffusers") or "")
+    if not path.is_file():
+        raise LoraNotFoundError(f"{summary} names lora_diffusers={str(path)!r}, which does not "
+                                "exist; rerun 05_train_lora or set lora_path")
+    return path
+
+
+def set_scheduler(pipe: Any, name: str) -> None:
+    """Swap the pipeline's scheduler for SCHEDULERS[name], keeping the model's noise schedule."""
+    import diffusers
+
+    class_name = SCHEDULERS[name]
+    if class_name is not None:
+        pipe.scheduler = getattr(diffusers, class_name).from_config(pipe.scheduler.config)
+
+
+def load_generation_pipeline(gen: GenerateConfig, policy: Any) -> Any:
+    """Base model on the policy's device, the LoRA applied at its strength, the scheduler set."""
+    from shoelib.lora_io import apply_lora
+    from shoelib.pipeline import load_pipeline
+
+    pipe = load_pipeline(gen.model, policy, local_config=gen.local_config)
+    if gen.lora_path is not None:
+        apply_lora(pipe, gen.lora_path, strength=gen.lora_strength)
+    set_scheduler(pipe, gen.scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def model_name(model: str | Path) -> str:
+    """A model parameter as recorded: an existing path made absolute, a hub id as given."""
+    path = resolve(model)
+    return str(path.resolve()) if path.exists() else str(model)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_settings(plan_config: PromptPlanConfig, gen: GenerateConfig) -> dict[str, Any]:
+    """Everything that decides what an image of the plan looks like (n_images excluded: a
+    longer plan extends a run). Stored as run.json; a rerun must match it."""
+    plan = asdict(plan_config)
+    plan.pop("n_images")
+    return {
+        "plan": json.loads(json.dumps(plan)),  # tuples -> lists, as read back from JSON
+        "model": model_name(gen.model),
+        "lora": str(gen.lora_path) if gen.lora_path else None,
+        "lora_sha256": file_sha256(gen.lora_path) if gen.lora_path else None,
+        "lora_strength": float(gen.lora_strength),
+        "scheduler": gen.scheduler, "steps": gen.steps,
+        "guidance_scale": float(gen.guidance_scale),
+        "negative_prompt": gen.negative_prompt, "resolution": gen.resolution,
+    }
+
+
+def check_run_folder(out_dir: Path, settings: Mapping[str, Any]) -> None:
+    """Raise RunMismatchError if out_dir/run.json records other settings."""
+    path = out_dir / RUN_FILE
+    if not path.is_file():
+        return
+    old = read_json(path)
+    changed = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
+    if changed:
+        detail = "; ".join(f"{k}: {_short(old.get(k))} -> {_short(settings.get(k))}" for k in changed[:4])
+        raise RunMismatchError(
+            f"{out_dir} holds images made with other settings ({detail}). Choose a new "
+            "run_name, or delete that folder to start over")
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) < 80 else text[:77] + "..."
+
+
+# --- PNG files and the manifest
+
+
+def image_record(item: PlannedImage, gen: GenerateConfig, *, seed: int, attempts: int,
+                 failures: Sequence[str], fp32_retry: bool, seconds: float, dtype: str,
+                 process: int = 0) -> dict:
+    """The manifest row of one image (without file_name), also stored in its PNG."""
+    return {
+        "index": item.index, "text": item.prompt, "colour": item.colour, "gender": item.gender,
+        "season": item.season, "view": item.view, "seed": int(seed),
+        "planned_seed": item.seed, "attempts": attempts, "failures": list(failures),
+        "fp32_retry": bool(fp32_retry), "seconds": round(float(seconds), 4), "dtype": dtype,
+        "model": model_name(gen.model), "lora": str(gen.lora_path) if gen.lora_path else None,
+        "lora_strength": float(gen.lora_strength), "scheduler": gen.scheduler,
+        "steps": gen.steps, "guidance_scale": float(gen.guidance_scale),
+        "negative_prompt": gen.negative_prompt, "resolution": gen.resolution,
+        "process": process,
+    }
+
+
+def a1111_parameters(record: Mapping[str, Any]) -> str:
+    """The `parameters` text chunk in the form AUTOMATIC1111's "PNG Info" shows."""
+    lines = [record["text"]]
+    if record.get("negative_prompt"):
+        lines.append(f"Negative prompt: {record['negative_prompt']}")
+    lines.append(f"Steps: {record['steps']}, Sampler: {record['scheduler']}, "
+                 f"CFG scale: {record['guidance_scale']}, Seed: {record['seed']}, "
+                 f"Size: {record['resolution']}x{record['resolution']}, "
+                 f"Model: {Path(str(record['model'])).name}")
+    return "\n".join(lines)
+
+
+def write_png(image: Image.Image, path: Path, record: Mapping[str, Any]) -> Path:
+    """Save a PNG atomically with prompt, seed and the full record in its text chunks."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("prompt", str(record["text"]))
+    info.add_text("seed", str(record["seed"]))
+    info.add_text("parameters", a1111_parameters(record))
+    info.add_text(PNG_RECORD_KEY, json.dumps(record, sort_keys=True))
+    with atomic_path(path) as tmp:
+        image.convert("RGB").save(tmp, format="PNG", pnginfo=info)
+    return path
+
+
+def read_png_record(path: Path) -> dict | None:
+    """The record stored in a PNG written by `write_png`; None if unreadable or foreign."""
+    try:
+        with Image.open(path) as im:
+            # PIL writes text chunks before the pixel data, so `info` has them without
+            # decoding the image (`im.text` would decode it).
+            raw = im.info.get(PNG_RECORD_KEY)
+    except (OSError, ValueError, SyntaxError):
+        return None
+    if raw is None:
+        return None
+    try:
+        record = json.loads(raw)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) and "index" in record else None
+
+
+def remove_temp_files(out_dir: Path) -> int:
+    """Delete temp files a killed run left (atomic_path names them .<stem>.<random>.tmp.*)."""
+    n = 0
+    for tmp in out_dir.glob(".*.tmp*"):
+        tmp.unlink(missing_ok=True)
+        n += 1
+    return n
+
+
+def finished_items(out_dir: Path, plan: Sequence[PlannedImage]) -> dict[int, dict]:
+    """Plan items already done: index -> PNG record, or {"failed": ...} for given-up items.
+
+    Raises:
+        RunMismatchError: a PNG's record asks for another prompt than the plan item.
+    """
+    done: dict[int, dict] = {}
+    for item in plan:
+        png = out_dir / item.file_name
+        if png.is_file():
+            record = read_png_record(png)
+            if record is None:
+                continue  # not ours or damaged: made again (and atomically replaced)
+            if record.get("text") != item.prompt or record.get("planned_seed") != item.seed:
+                raise RunMismatchError(
+                    f"{png} was made for another plan (prompt {record.get('text')!r}, planned "
+                    f"seed {record.get('planned_seed')}); choose a new run_name or delete {out_dir}")
+            done[item.index] = record
+        elif (marker := out_dir / f"{item.index:06d}.failed.json").is_file():
+            done[item.index] = {"failed": read_json(marker)}
+    return done
+
+
+def rebuild_manifest(out_dir: Path, plan: Sequence[PlannedImage]) -> pd.DataFrame:
+    """Write metadata.jsonl from the PNGs of the plan (index order) and return it."""
+    done = finished_items(out_dir, plan)
+    rows = [{"file_name": f"{i:06d}.png", **rec} for i, rec in sorted(done.items())
+            if "failed" not in rec]
+    write_text(out_dir / MANIFEST, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    return pd.DataFrame(rows)
+
+
+# --- rendering
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """One rendered image and its check."""
+
+    image: Image.Image
+    ok: bool
+    problem: str
+    seconds: float
+    dtype: str
+    fp32_retry: bool = False
+
+
+def render_batch(pipe: Any, prompts: Sequence[str], seeds: Sequence[int], gen: GenerateConfig,
+                 policy: Any) -> list[Rendered]:
+    """Render several prompts in one pipeline call, each from its own CPU-seeded noise, and
+    check each image with the NaN/black guard (`shoelib.pipeline.check_image`).
+
+    Each image's starting latents come from a CPU generator seeded with its own seed, so an
+    image is the same whether it is rendered alone or in a batch (up to float rounding).
+    """
+    import torch
+
+    from shoelib.device import cpu_generator, synchronize
+    from shoelib.pipeline import check_image, decode_latents
+
+    side = gen.resolution // pipe.vae_scale_factor
+    shape = (1, pipe.unet.config.in_channels, side, side)
+    latents = torch.cat([torch.randn(shape, generator=cpu_generator(s)) for s in seeds])
+    latents = latents.to(device=policy.device, dtype=pipe.unet.dtype)
+    negative = [gen.negative_prompt] * len(prompts) if gen.negative_prompt else None
+    synchronize(policy.device)
+    t0 = time.perf_counter()
+    out = pipe(list(prompts), negative_prompt=negative, height=gen.resolution,
+               width=gen.resolution, num_inference_steps=gen.steps,
+               guidance_scale=gen.guidance_scale, latents=latents,
+               # ancestral samplers' per-step noise: a stream apart from the starting noise
+               generator=[cpu_generator(s + 2**32) for s in seeds],
+               output_type="latent")
+    decoded = decode_latents(pipe, out.images)
+    pixels = pipe.image_processor.postprocess(decoded, output_type="np")
+    synchronize(policy.device)
+    seconds = (time.perf_counter() - t0) / len(prompts)
+    dtype = str(pipe.unet.dtype).removeprefix("torch.")
+    rendered = []
+    for i in range(len(prompts)):
+        verdict = check_image(out.images[i:i + 1], pixels[i])
+        image = pipe.image_processor.numpy_to_pil(np.nan_to_num(pixels[i:i + 1], nan=0.0))[0]
+        rendered.append(Rendered(image, verdict.ok, verdict.problem, seconds, dtype))
+    return rendered
+
+
+def render_retry(pipe: Any, prompt: str, seed: int, gen: GenerateConfig, policy: Any) -> Rendered:
+    """Render one image with `generate_checked` (which retries once in float32 when a
+    half-precision image fails)."""
+    from shoelib.pipeline import generate_checked
+
+    result = generate_checked(pipe, prompt, seed, steps=gen.steps, resolution=gen.resolution,
+                              guidance_scale=gen.guidance_scale,
+                              negative_prompt=gen.negative_prompt or None, policy=policy)
+    return Rendered(result.image, result.verdict.ok, result.verdict.problem, result.seconds,
+                    result.dtype, result.fp32_retry)
+
+
+def generate_items(pipe: Any, items: Sequence[PlannedImage], out_dir: Path, gen: GenerateConfig,
+                   policy: Any, progress: bool = True, process: int = 0) -> Counter:
+    """Render, check and save `items`; a failed image is tried again with the next seed.
+
+    `process` (the accelerate rank) is recorded with each image.
+
+    Returns:
+        Counts: "saved", "regenerated" (extra attempts), "failed" (given up), "fp32_retries".
+    """
+    from tqdm.auto import tqdm
+
+    counts: Counter = Counter()
+    batch = 1 if policy.device == "mps" else gen.batch_size
+    bar = tqdm(total=len(items), desc="generate", disable=not progress)
+    for start in range(0, len(items), batch):
+        chunk = items[start:start + batch]
+        first = render_batch(pipe, [i.prompt for i in chunk], [i.seed for i in chunk], gen, policy)
+        for item, result in zip(chunk, first, strict=True):
+            seed, failures, seconds = item.seed, [], result.seconds
+            while not result.ok and len(failures) + 1 < gen.max_attempts:
+                failures.append(result.problem)
+                seed += 1
+                result = render_retry(pipe, item.prompt, seed, gen, policy)
+                seconds += result.seconds
+            counts["regenerated"] += len(failures)
+            counts["fp32_retries"] += int(result.fp32_retry)
+            if result.ok:
+                record = image_record(item, gen, seed=seed, attempts=len(failures) + 1,
+                                      failures=failures, fp32_retry=result.fp32_retry,
+                                      seconds=seconds, dtype=result.dtype, process=process)
+                write_png(result.image, out_dir / item.file_name, record)
+                counts["saved"] += 1
+            else:
+                failures.append(result.problem)
+                write_json(out_dir / f"{item.index:06d}.failed.json",
+                           {"index": item.index, "prompt": item.prompt, "seeds_tried":
+                            [item.seed + k for k in range(len(failures))], "failures": failures})
+                counts["failed"] += 1
+            bar.update(1)
+    bar.close()
+    return counts
+
+
+# --- the run
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """What `generate` did.
+
+    Attributes:
+        out_dir: the run folder.
+        manifest: metadata.jsonl as a table (main process; empty on others).
+        summary: summary.json's content (main process; {} on others).
+        counts: this call's counts on this process (saved, regenerated, failed, ...).
+        already_done: plan items found finished when the call began.
+    """
+
+    out_dir: Path
+    manifest: pd.DataFrame
+    summary: dict
+    counts: dict
+    already_done: int
+
+
+def process_state(gen: GenerateConfig) -> tuple[Any, Any]:
+    """(accelerate PartialState, device policy) of this process.
+
+    The state must be told about CPU runs (`cpu=True`), or CPU processes started by
+    `accelerate launch` would each think they are alone. Under multi-GPU launches each
+    process uses its own GPU (cuda:<local rank>) instead of all piling onto cuda:0.
+    """
+    from accelerate import PartialState
+
+    from shoelib.device import choose_policy
+
+    policy = choose_policy(gen.device, gen.dtype)
+    state = PartialState(cpu=policy.device == "cpu")
+    if state.num_processes > 1 and policy.device == "cuda":
+        policy = replace(policy, device=str(state.device))
+    return state, policy
+
+
+def generate(plan_config: PromptPlanConfig, gen: GenerateConfig, out_dir: str | Path, *,
+             progress: bool = True) -> GenerationResult:
+    """Generate the plan into out_dir, resuming what an earlier call left; accelerate-aware.
+
+    1. Check settings and the run folder (before loading any model).
+    2. The main process removes temp files of killed runs and records run.json.
+    3. Every process lists the finished items; after a barrier the remaining items are
+       dealt round-robin (remaining[rank::world]), so a resumed run stays balanced.
+    4. Each process renders its share; the main process rebuilds metadata.jsonl from the
+       PNGs and writes summary.json.
+    """
+    plan_config.check()
+    gen.check()
+    out_dir = Path(out_dir)
+    plan = make_plan(plan_config)
+    settings = run_settings(plan_config, gen)
+    check_run_folder(out_dir, settings)
+    state, policy = process_state(gen)
+    t0 = time.perf_counter()
+    if state.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        remove_temp_files(out_dir)
+        if not (out_dir / RUN_FILE).is_file():
+            write_json(out_dir / RUN_FILE, settings)
+    state.wait_for_everyone()
+    done = finished_items(out_dir, plan)
+    state.wait_for_everyone()  # nobody writes before everyone has listed the same files
+    todo = [item for item in plan if item.index not in done]
+    mine = todo[state.process_index::state.num_processes]
+    counts: Counter = Counter()
+    if mine:
+        pipe = load_generation_pipeline(gen, policy)
+        counts = generate_items(pipe, mine, out_dir, gen, policy,
+                                progress=progress and state.is_local_main_process,
+                                process=state.process_index)
+    state.wait_for_everyone()
+    manifest, summary = pd.DataFrame(), {}
+    if state.is_main_process:
+        manifest = rebuild_manifest(out_dir, plan)
+        summary = run_summary(out_dir, plan, manifest, gen, policy,
+                              processes=state.num_processes,
+                              call={"todo": len(todo), "already_done": len(done),
+                                    "wall_seconds": round(time.perf_counter() - t0, 2)})
+        write_json(out_dir / SUMMARY, summary)
+    return GenerationResult(out_dir, manifest, summary, dict(counts), len(done))
+
+
+MANIFEST_COLUMNS = ("file_name", "index", "text", "colour", "gender", "season", "view", "seed",
+                    "attempts", "fp32_retry", "seconds")
+
+
+def run_summary(out_dir: Path, plan: Sequence[PlannedImage], manifest: pd.DataFrame,
+                gen: GenerateConfig, policy: Any, processes: int, call: dict) -> dict:
+    """summary.json: what the folder holds (from the PNG records, so resumes add up).
+
+    n_regenerated counts every extra attempt after a failed check, including those of
+    items that were finally given up.
+    """
+    rows = manifest if len(manifest) else pd.DataFrame(columns=list(MANIFEST_COLUMNS))
+    markers = [read_json(p) for p in sorted(out_dir.glob("[0-9]*.failed.json"))
+               if int(p.name[:6]) < len(plan)]
+    n = len(rows)
+    seconds = rows["seconds"].astype(float)
+    return {
+        "run": out_dir.name, "model": model_name(gen.model),
+        "lora": str(gen.lora_path) if gen.lora_path else None,
+        "lora_strength": float(gen.lora_strength), "scheduler": gen.scheduler,
+        "steps": gen.steps, "guidance_scale": float(gen.guidance_scale),
+        "resolution": gen.resolution, "negative_prompt": gen.negative_prompt,
+        "max_attempts": gen.max_attempts, "n_planned": len(plan), "n_images": n,
+        "n_failed": len(markers), "failed_indices": [m["index"] for m in markers],
+        "n_regenerated": int(rows["attempts"].sum() - n)
+                         + sum(len(m["failures"]) - 1 for m in markers),
+        "n_fp32_retries": int(rows["fp32_retry"].sum()),
+        "seconds_per_image": float(seconds.mean()) if n else None,
+        "seconds_per_image_median": float(seconds.median()) if n else None,
+        "colour_counts": {str(k): int(v) for k, v in rows["colour"].value_counts().items()},
+        "gender_counts": {str(k): int(v) for k, v in rows["gender"].value_counts().items()},
+        "complete": n + len(markers) == len(plan),
+        "device": policy.device, "dtype": policy.dtype_name,
+        "processes": processes, "last_call": call, "format": "PNG",
+    }
+
+
+# --- reading a run back (07)
+
+
+@dataclass(frozen=True)
+class SyntheticRun:
+    """A synthetic run folder as 07 reads it.
+
+    Attributes:
+        out_dir: the folder.
+        frame: one row per readable PNG (manifest columns + image_path), index order.
+        summary: summary.json, or {} if the run never finished a call.
+        notes: plain-language remarks (partial run, rebuilt manifest, ...).
+    """
+
+    out_dir: Path
+    frame: pd.DataFrame
+    summary: dict
+    notes: tuple[str, ...]
+
+
+def read_run(run_dir: str | Path) -> SyntheticRun:
+    """Read a synthetic run from its PNGs (the source of truth), checked against its manifest.
+
+    Raises:
+        EmptyRunError: the folder is missing or holds no generated PNG.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise EmptyRunError(f"no synthetic run at {run_dir}; run 06_generate first (same "
+                            "output_root and run_name)")
+    rows = []
+    for png in sorted(run_dir.glob("[0-9]*.png")):
+        record = read_png_record(png)
+        if record is not None:
+            rows.append({"file_name": png.name, **record, "image_path": str(png)})
+    if not rows:
+        raise EmptyRunError(f"{run_dir} holds no generated PNG; run 06_generate (it resumes) "
+                            "or check run_name")
+    frame = pd.DataFrame(rows).sort_values("index").reset_index(drop=True)
+    notes = []
+    summary = read_json(run_dir / SUMMARY) if (run_dir / SUMMARY).is_file() else {}
+    manifest = run_dir / MANIFEST
+    listed = set()
+    if manifest.is_file():
+        listed = {json.loads(line)["file_name"] for line in manifest.read_text().splitlines()
+                  if line.strip()}
+    if listed != set(frame["file_name"]):
+        notes.append(f"metadata.jsonl lists {len(listed)} images but {len(frame)} PNGs are "
+                     "present (interrupted run?); the PNGs were read directly. Rerun 06 to "
+                     "finish the run and rewrite the manifest.")
+    if not summary:
+        notes.append("summary.json is missing: 06 never finished a call on this folder.")
+    elif summary.get("n_planned", len(frame)) > len(frame) + summary.get("n_failed", 0):
+        notes.append(f"partial run: {len(frame)} of {summary['n_planned']} planned images; "
+                     "rerun 06 to complete it.")
+    if summary.get("n_failed"):
+        notes.append(f"{summary['n_failed']} plan items failed the NaN/black check "
+                     f"{summary.get('max_attempts', '')} times and were given up.")
+    return SyntheticRun(run_dir, frame, summary, tuple(notes))
+
+
+# --- command line (accelerate launch)
+
+
+def configs_from_params(params: Mapping[str, Any]) -> tuple[PromptPlanConfig, GenerateConfig, Path]:
+    """Build the plan config, the generation config and the run folder from flat parameters
+    (the keys of configs/<profile>.yaml that notebook 06 declares)."""
+    p = dict(params)
+    paths = RunPaths.from_param(p["output_root"])
+    plan_config = plan_config_from_split(
+        paths.processed(p["category"]) / "train", n_images=int(p["n_images"]), seed=int(p["seed"]),
+        colour_distribution=p.get("colour_distribution", "real"),
+        views=tuple(p.get("view_phrases", VIEW_PHRASES)), article=p["category"],
+        template=p.get("prompt_template", DEFAULT_PROMPT_TEMPLATE))
+    gen = GenerateConfig(
+        model=model_name(p["model"]),
+        lora_path=find_lora(p["output_root"], p.get("lora_path", "")),
+        lora_strength=float(p.get("lora_strength", 1.0)), scheduler=p.get("scheduler", "dpm++"),
+        steps=int(p.get("generation_steps", 25)), guidance_scale=float(p.get("guidance_scale", 7.5)),
+        negative_prompt=p.get("negative_prompt") or "", resolution=int(p["resolution"]),
+        batch_size=int(p.get("generation_batch_size", 4)), max_attempts=int(p.get("max_attempts", 3)),
+        device=p.get("device", "auto"), dtype=p.get("dtype", "auto"),
+        local_config=p.get("local_config"))
+    return plan_config, gen, paths.synthetic / str(p["run_name"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    import yaml
+
+    parser = argparse.ArgumentParser(prog="python -m shoelib.generate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, required=True, help="configs/<profile>.yaml")
+    parser.add_argument("-p", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                        help="override one parameter (repeatable), e.g. -p n_images 100")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    params = yaml.safe_load(resolve(args.config).read_text()) or {}
+    params.update({k: yaml.safe_load(v) for k, v in args.p})
+    try:
+        plan_config, gen, out_dir = configs_from_params(params)
+        result = generate(plan_config, gen, out_dir, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if result.summary:
+        print(json.dumps({k: result.summary[k] for k in ("run", "n_planned", "n_images",
+                          "n_failed", "n_regenerated", "seconds_per_image", "processes")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

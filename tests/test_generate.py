@@ -1,0 +1,371 @@
+"""Synthetic generation: the prompt plan, LoRA lookup, checked PNGs, resuming, sharding."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from shoelib import generate as G
+from shoelib.paths import PROJECT_ROOT, RunPaths
+
+CATEGORY = "Casual Shoes"
+SPLIT_ROWS = [("Black", "Men", "Summer"), ("Black", "Men", "Fall"), ("Black", "Women", "Summer"),
+              ("Brown", "Men", "Winter"), ("Navy Blue", "Unisex", "Summer"), ("NA", "Men", "")]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The tiny model's tensors are too small to split; on a busy 2-core machine a second
+    thread made every denoising step several times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def output_root(tmp_path_factory) -> Path:
+    """An output_root whose processed train split has six captioned images."""
+    root = tmp_path_factory.mktemp("out")
+    train = RunPaths(root).processed(CATEGORY) / "train"
+    train.mkdir(parents=True)
+    lines = []
+    for i, (colour, gender, season) in enumerate(SPLIT_ROWS):
+        Image.new("RGB", (64, 64), (255, 255, 255)).save(train / f"{i}.png")
+        lines.append(json.dumps({"file_name": f"{i}.png", "text": f"photo {i}", "colour": colour,
+                                 "gender": gender, "season": season}))
+    (train / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def plan_config(output_root) -> G.PromptPlanConfig:
+    return G.plan_config_from_split(RunPaths(output_root).processed(CATEGORY) / "train",
+                                    n_images=5, seed=7, article=CATEGORY)
+
+
+@pytest.fixture(scope="module")
+def tiny_lora(tiny_sd_dir, tmp_path_factory) -> Path:
+    """A rank-4 LoRA on the tiny UNet's attention, saved by shoelib.lora_io."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from peft import LoraConfig
+
+    from shoelib.lora_io import LORA_TARGET_MODULES, save_diffusers_lora
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd_dir, subfolder="unet")
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=8, init_lora_weights="gaussian",
+                                target_modules=list(LORA_TARGET_MODULES)))
+    with torch.no_grad():
+        for name, param in unet.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.02)
+    return save_diffusers_lora(unet, tmp_path_factory.mktemp("lora") / "pytorch_lora_weights.safetensors")
+
+
+def gen_config(tiny_sd_dir, lora=None, **kw) -> G.GenerateConfig:
+    settings = dict(model=str(tiny_sd_dir), lora_path=lora, steps=2, resolution=64, batch_size=4,
+                    device="cpu", scheduler="dpm++")
+    return G.GenerateConfig(**{**settings, **kw})
+
+
+def pngs(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob("[0-9]*.png"))
+
+
+# --- the plan
+
+
+def test_plan_is_deterministic_prefix_stable_and_follows_weights():
+    config = G.PromptPlanConfig(n_images=2000, seed=3, colours=(("Black", 0.6), ("Red", 0.4)),
+                                genders=(("Men", 1.0),), seasons=(("Summer", 0.5), ("Fall", 0.5)))
+    plan = G.make_plan(config)
+    assert plan == G.make_plan(config)
+    assert G.make_plan(replace(config, n_images=10)) == plan[:10]
+    assert G.make_plan(replace(config, seed=4))[:10] != plan[:10]
+    share = np.mean([p.colour == "Black" for p in plan])
+    assert share == pytest.approx(0.6, abs=0.03)
+    assert len({p.seed for p in plan}) == len(plan)
+    assert {p.view for p in plan} == set(G.VIEW_PHRASES)
+    assert plan[0].file_name == "000000.png"
+    first = plan[0]
+    assert f"of {first.colour.lower()} casual shoes, {first.season} collection" in first.prompt
+
+
+def test_plan_config_from_split_uses_real_or_uniform_colours(output_root, plan_config):
+    assert plan_config.colours == (("Black", 0.6), ("Brown", 0.2), ("Navy Blue", 0.2))
+    assert dict(plan_config.seasons) == {"Summer": 0.6, "Fall": 0.2, "Winter": 0.2}
+    uniform = G.plan_config_from_split(RunPaths(output_root).processed(CATEGORY) / "train",
+                                       n_images=3, seed=1, colour_distribution="uniform")
+    assert [w for _, w in uniform.colours] == pytest.approx([1 / 3] * 3, abs=1e-5)
+    with pytest.raises(G.GenerateConfigError, match="colour_distribution='balanced'"):
+        G.attribute_weights(["Black"], "balanced")
+
+
+@pytest.mark.parametrize("template, message", [
+    ("{colour} shoes in {style}", "unknown placeholder"),
+    ("casual shoes, {season}", "no {colour}"),
+    ("{colour shoes", "malformed"),
+])
+def test_bad_prompt_template_is_named(template, message):
+    config = G.PromptPlanConfig(n_images=1, seed=0, colours=(("Black", 1.0),), template=template)
+    with pytest.raises(G.GenerateConfigError, match=message):
+        config.check()
+
+
+def test_bad_generation_settings_fail_before_loading(tiny_sd_dir):
+    with pytest.raises(G.GenerateConfigError, match="scheduler='dpm'"):
+        gen_config(tiny_sd_dir, scheduler="dpm").check()
+    with pytest.raises(ValueError, match="resolution=500"):
+        gen_config(tiny_sd_dir, resolution=500).check()
+    with pytest.raises(G.LoraNotFoundError, match="05_train_lora"):
+        gen_config(tiny_sd_dir, lora=Path("/nowhere/lora.safetensors")).check()
+
+
+@pytest.mark.parametrize("name, cls", [("dpm++", "DPMSolverMultistepScheduler"),
+                                       ("euler", "EulerDiscreteScheduler"),
+                                       ("ddim", "DDIMScheduler"), ("model", "PNDMScheduler")])
+def test_scheduler_names_keep_the_model_noise_schedule(name, cls):
+    from types import SimpleNamespace
+
+    from diffusers import PNDMScheduler
+
+    from shoelib.tiny_sd import SD15_SCHEDULER
+
+    pipe = SimpleNamespace(scheduler=PNDMScheduler.from_config(SD15_SCHEDULER))
+    G.set_scheduler(pipe, name)
+    assert type(pipe.scheduler).__name__ == cls
+    assert pipe.scheduler.config.beta_schedule == "scaled_linear"
+    assert pipe.scheduler.config.beta_end == SD15_SCHEDULER["beta_end"]
+
+
+# --- finding and applying the LoRA
+
+
+def test_find_lora_says_to_run_05_or_set_lora_path(tmp_path, tiny_lora):
+    with pytest.raises(G.LoraNotFoundError, match="Run 05_train_lora first.*lora_path"):
+        G.find_lora(tmp_path, "")
+    assert G.find_lora(tmp_path, "none") is None
+    assert G.find_lora(tmp_path, str(tiny_lora.parent)) == tiny_lora
+    with pytest.raises(G.LoraNotFoundError, match="does not exist"):
+        G.find_lora(tmp_path, str(tmp_path / "missing.safetensors"))
+    (tmp_path / "lora").mkdir()
+    (tmp_path / "lora" / "summary.json").write_text(json.dumps({"lora_diffusers": str(tiny_lora)}))
+    assert G.find_lora(tmp_path, "") == tiny_lora
+
+
+def test_lora_of_another_base_model_is_refused_clearly(tiny_sd_dir, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from shoelib.device import choose_policy
+    from shoelib.lora_io import LoraMismatchError
+
+    key = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.lora"
+    path = tmp_path / "sd15_lora.safetensors"  # SD 1.5 shapes: cross-attention from 768 features
+    save_file({f"{key}.down.weight": torch.zeros(8, 768), f"{key}.up.weight": torch.zeros(32, 8)},
+              str(path))
+    with pytest.raises(LoraMismatchError, match="different base model"):
+        G.load_generation_pipeline(gen_config(tiny_sd_dir, lora=path), choose_policy("cpu"))
+
+
+# --- generating
+
+
+def test_generate_writes_checked_pngs_manifest_and_summary(tiny_sd_dir, tiny_lora, plan_config, tmp_path):
+    out = tmp_path / "run"
+    result = G.generate(plan_config, gen_config(tiny_sd_dir, tiny_lora), out, progress=False)
+    plan = G.make_plan(plan_config)
+    assert pngs(out) == [p.file_name for p in plan] and not list(out.glob("*.jp*g"))
+    manifest = [json.loads(line) for line in (out / G.MANIFEST).read_text().splitlines()]
+    assert [m["file_name"] for m in manifest] == [p.file_name for p in plan]
+    for row, item in zip(manifest, plan, strict=True):
+        with Image.open(out / row["file_name"]) as im:
+            assert im.format == "PNG" and im.size == (64, 64)
+            assert im.info["prompt"] == item.prompt and im.info["seed"] == str(item.seed)
+            assert f"Seed: {item.seed}" in im.info["parameters"]
+        assert G.read_png_record(out / row["file_name"]) == {k: v for k, v in row.items()
+                                                             if k != "file_name"}
+        assert (row["text"], row["colour"], row["seed"]) == (item.prompt, item.colour, item.seed)
+        assert row["lora"] == str(tiny_lora) and row["attempts"] == 1
+    summary = json.loads((out / G.SUMMARY).read_text())
+    assert summary["n_images"] == summary["n_planned"] == 5 and summary["complete"]
+    assert summary["n_regenerated"] == 0 and summary["lora"] == str(tiny_lora)
+    assert summary["seconds_per_image"] > 0 and result.counts["saved"] == 5
+    # the folder is directly a training set for 05 / imagefolder
+    from shoelib.dataset import read_split
+
+    assert list(read_split(out)["file_name"]) == [p.file_name for p in plan]
+
+
+def test_batched_images_match_single_renders(tiny_sd_dir, plan_config):
+    from shoelib.device import choose_policy
+
+    policy = choose_policy("cpu")
+    gen = gen_config(tiny_sd_dir)
+    pipe = G.load_generation_pipeline(gen, policy)
+    plan = G.make_plan(plan_config)[:3]
+    batch = G.render_batch(pipe, [p.prompt for p in plan], [p.seed for p in plan], gen, policy)
+    single = G.render_batch(pipe, [plan[1].prompt], [plan[1].seed], gen, policy)[0]
+    diff = np.abs(np.asarray(batch[1].image, float) - np.asarray(single.image, float))
+    assert diff.max() <= 2 and all(r.ok for r in batch)
+
+
+def test_killed_run_resumes_without_duplicates(tiny_sd_dir, plan_config, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    gen = gen_config(tiny_sd_dir, batch_size=2)
+    real_write = G.write_png
+    written = []
+
+    def dies_after_two(image, path, record):
+        if len(written) == 2:
+            (path.parent / f".{path.stem}.x1y2.tmp.png").write_bytes(b"half a png")  # a torn write
+            raise KeyboardInterrupt  # the process is killed here
+        written.append(path.name)
+        return real_write(image, path, record)
+
+    monkeypatch.setattr(G, "write_png", dies_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        G.generate(plan_config, gen, out, progress=False)
+    assert pngs(out) == written == ["000000.png", "000001.png"]
+    before = {name: (out / name).stat().st_mtime_ns for name in written}
+    monkeypatch.setattr(G, "write_png", real_write)
+    result = G.generate(plan_config, gen, out, progress=False)
+    assert result.already_done == 2 and result.counts["saved"] == 3
+    assert pngs(out) == [f"{i:06d}.png" for i in range(5)] and not list(out.glob(".*"))
+    assert {name: (out / name).stat().st_mtime_ns for name in written} == before
+    rows = (out / G.MANIFEST).read_text().splitlines()
+    assert len(rows) == 5 == len({json.loads(r)["file_name"] for r in rows})
+    again = G.generate(plan_config, gen, out, progress=False)  # nothing left: no model loaded
+    assert again.counts == {} and again.summary["n_images"] == 5
+
+    longer = G.generate(replace(plan_config, n_images=7), gen, out, progress=False)
+    assert longer.counts["saved"] == 2 and len(pngs(out)) == 7
+    with pytest.raises(G.RunMismatchError, match="lora_strength: 1.0 -> 0.5.*new run_name"):
+        G.generate(plan_config, replace(gen, lora_strength=0.5), out, progress=False)
+
+
+def test_failed_images_are_regenerated_with_the_next_seed_and_counted(
+        tiny_sd_dir, plan_config, tmp_path, monkeypatch):
+    plan = G.make_plan(plan_config)
+    real_render = G.render_batch
+
+    def black_for_item_1(pipe, prompts, seeds, gen, policy):
+        out = real_render(pipe, prompts, seeds, gen, policy)
+        return [replace(r, ok=False, problem="black") if s == plan[1].seed else r
+                for r, s in zip(out, seeds, strict=True)]
+
+    monkeypatch.setattr(G, "render_batch", black_for_item_1)
+    out = tmp_path / "retry"
+    result = G.generate(plan_config, gen_config(tiny_sd_dir), out, progress=False)
+    record = G.read_png_record(out / plan[1].file_name)
+    assert record["seed"] == plan[1].seed + 1 and record["planned_seed"] == plan[1].seed
+    assert record["attempts"] == 2 and record["failures"] == ["black"]
+    assert result.summary["n_regenerated"] == 1 and result.summary["n_images"] == 5
+
+    given_up = tmp_path / "given_up"
+    result = G.generate(plan_config, gen_config(tiny_sd_dir, max_attempts=1), given_up,
+                        progress=False)
+    assert not (given_up / plan[1].file_name).exists()
+    assert json.loads((given_up / "000001.failed.json").read_text())["failures"] == ["black"]
+    assert result.summary["n_failed"] == 1 and result.summary["failed_indices"] == [1]
+    assert result.summary["n_images"] == 4 and result.summary["complete"]
+    assert any("given up" in n for n in G.read_run(given_up).notes)
+
+
+def test_read_run_bad_inputs(tmp_path, tiny_sd_dir, plan_config):
+    with pytest.raises(G.EmptyRunError, match="run 06_generate"):
+        G.read_run(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(G.EmptyRunError, match="holds no generated PNG"):
+        G.read_run(tmp_path / "empty")
+    out = tmp_path / "run"
+    G.generate(replace(plan_config, n_images=2), gen_config(tiny_sd_dir), out, progress=False)
+    assert G.read_run(out).notes == ()
+    (out / G.MANIFEST).unlink()
+    (out / "000001.png").unlink()
+    run = G.read_run(out)
+    assert list(run.frame["file_name"]) == ["000000.png"]
+    assert any("metadata.jsonl lists 0 images but 1 PNGs" in n for n in run.notes)
+    assert any("partial run: 1 of 2" in n for n in run.notes)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_plan_under_accelerate(tiny_sd_dir, output_root, tmp_path):
+    root = tmp_path / "out"
+    shutil.copytree(output_root, root)
+    config = {"output_root": str(root), "seed": 5, "category": CATEGORY, "model": str(tiny_sd_dir),
+              "resolution": 64, "device": "cpu", "lora_path": "none", "run_name": "sharded",
+              "n_images": 6, "generation_steps": 2, "generation_batch_size": 2}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
+    # --multi_gpu is accelerate's torchrun launcher: without GPUs it starts gloo CPU processes
+    # (--cpu alone starts one process unless MPI is set up).
+    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu",
+           "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(_free_port()), "-m", "shoelib.generate",
+           "--config", str(tmp_path / "cfg.yaml"), "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = RunPaths(root).synthetic / "sharded"
+    rows = [json.loads(line) for line in (out / G.MANIFEST).read_text().splitlines()]
+    assert [r["file_name"] for r in rows] == [f"{i:06d}.png" for i in range(6)]
+    assert {r["process"] for r in rows} == {0, 1}  # each process rendered its share
+    summary = json.loads((out / G.SUMMARY).read_text())
+    assert summary["processes"] == 2 and summary["n_images"] == 6
+    single = G.generate(*G.configs_from_params({**config, "run_name": "single"})[:2],
+                        RunPaths(root).synthetic / "single", progress=False)
+    assert list(single.manifest["seed"]) == [r["seed"] for r in rows]
+
+
+@pytest.mark.slow
+def test_sigkilled_command_line_run_resumes_to_the_exact_count(tiny_sd_dir, output_root, tmp_path):
+    import signal
+    import time
+
+    root = tmp_path / "out"
+    shutil.copytree(output_root, root)
+    config = {"output_root": str(root), "seed": 9, "category": CATEGORY, "model": str(tiny_sd_dir),
+              "resolution": 64, "device": "cpu", "lora_path": "none", "run_name": "killed",
+              "n_images": 12, "generation_steps": 4, "generation_batch_size": 1}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, "-m", "shoelib.generate", "--config", str(tmp_path / "cfg.yaml"),
+           "--no-progress"]
+    out = RunPaths(root).synthetic / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(pngs(out)) < 3 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = pngs(out)
+    assert 3 <= len(first) < 12, "the run was not killed mid-way"
+    done = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert pngs(out) == [f"{i:06d}.png" for i in range(12)] and not list(out.glob(".*"))
+    rows = [json.loads(line) for line in (out / G.MANIFEST).read_text().splitlines()]
+    assert len(rows) == 12 == len({r["file_name"] for r in rows})
+    assert json.loads(done.stdout)["n_images"] == 12
