@@ -150,6 +150,9 @@ def environment_report(policy: DevicePolicy, output_root: str | Path) -> dict:
     if not checkpointing:
         warnings.append("gradient checkpointing is unavailable: training needs more memory")
     return {
+        "device": policy.device,
+        "dtype": policy.dtype_name,
+        "reason": policy.reason,
         "policy": policy.as_dict(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),

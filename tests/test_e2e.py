@@ -23,6 +23,7 @@ CONTRACTS = {
     "05": ("lora/summary.json", {"base_model", "dataset", "steps", "lora_rank", "lora_alpha",
                                  "trainable_params", "lora_diffusers", "lora_kohya", "train_loss",
                                  "val_loss", "seconds_per_step", "peak_memory_bytes"}),
+    "06": ("synthetic/demo/summary.json", {"lora", "n_images", "n_regenerated", "seconds_per_image"}),
     "07": ("evaluation/summary.json", set()),
 }
 

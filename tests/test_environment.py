@@ -59,6 +59,7 @@ def test_report_is_json_ready_and_missing_optional_packages_are_warnings(monkeyp
     report = env.environment_report(choose_policy("cpu"), tmp_path)
     json.dumps(report)
     assert report["policy"]["device"] == "cpu" and report["policy"]["dtype"] == "float32"
+    assert (report["device"], report["dtype"], report["reason"]) == ("cpu", "float32", report["policy"]["reason"])
     assert report["warnings"] == ["no-such-package-xyz is not installed (optional)"]
     assert report["gradient_checkpointing"] is True
     assert report["memory"]["ram_total_bytes"] >= report["memory"]["ram_available_bytes"] > 0
