@@ -25,3 +25,15 @@ def tiny_sd_dir(tmp_path_factory) -> Path:
     from shoelib.tiny_sd import build_tiny_sd
 
     return build_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-sd")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: the tiny model's tensors are too small to split, and on
+    a busy 2-core machine a second OpenMP thread spin-waiting made each step several times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -19,21 +19,13 @@ from PIL import Image
 from shoelib import generate as G
 from shoelib.paths import PROJECT_ROOT, RunPaths
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 CATEGORY = "Casual Shoes"
 SPLIT_ROWS = [("Black", "Men", "Summer"), ("Black", "Men", "Fall"), ("Black", "Women", "Summer"),
               ("Brown", "Men", "Winter"), ("Navy Blue", "Unisex", "Summer"), ("NA", "Men", "")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The tiny model's tensors are too small to split; on a busy 2-core machine a second
-    thread made every denoising step several times slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

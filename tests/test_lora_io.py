@@ -24,18 +24,13 @@ from shoelib.lora_io import (
     to_kohya,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 RANK, ALPHA = 4, 8.0  # alpha != rank: a loader that ignores alpha gets half the effect
 PROMPT = "a professional product photo of black casual shoes"
 SEED = 7
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one thread avoids OpenMP spin-waits on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def load_pipe(model_dir):

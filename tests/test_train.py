@@ -36,18 +36,14 @@ from shoelib.train import (
     train,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 COLOURS = ("black", "brown", "white", "red", "blue", "grey", "green", "navy blue")
 # One thread per process: tiny tensors on a shared 2-core machine are many times slower with
 # two OpenMP threads spin-waiting on each other, and subprocesses must match in-process runs.
 ONE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make_split(folder: Path, n: int, seed: int) -> Path:
