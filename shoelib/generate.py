@@ -514,21 +514,19 @@ def render_batch(pipe: Any, prompts: Sequence[str], seeds: Sequence[int], gen: G
     """
     import torch
 
-    from shoelib.device import cpu_generator, synchronize
+    from shoelib.device import initial_latents, step_noise_generator, synchronize
     from shoelib.pipeline import check_image, decode_latents
 
     side = gen.resolution // pipe.vae_scale_factor
     shape = (1, pipe.unet.config.in_channels, side, side)
-    latents = torch.cat([torch.randn(shape, generator=cpu_generator(s)) for s in seeds])
-    latents = latents.to(device=policy.device, dtype=pipe.unet.dtype)
+    latents = torch.cat([initial_latents(s, shape, policy.device, pipe.unet.dtype) for s in seeds])
     negative = [gen.negative_prompt] * len(prompts) if gen.negative_prompt else None
     synchronize(policy.device)
     t0 = time.perf_counter()
     out = pipe(list(prompts), negative_prompt=negative, height=gen.resolution,
                width=gen.resolution, num_inference_steps=gen.steps,
                guidance_scale=gen.guidance_scale, latents=latents,
-               # ancestral samplers' per-step noise: a stream apart from the starting noise
-               generator=[cpu_generator(s + 2**32) for s in seeds],
+               generator=[step_noise_generator(s) for s in seeds],
                output_type="latent")
     decoded = decode_latents(pipe, out.images)
     pixels = pipe.image_processor.postprocess(decoded, output_type="np")
