@@ -104,19 +104,22 @@ def peak_rss_bytes() -> int:
 
 # --- the two variants (each runs in a child process)
 
-def run_shoelib(model: Path, split: Path, work: Path, steps: int, resolution: int) -> dict:
+def run_shoelib(model: Path, split: Path, work: Path, steps: int, resolution: int,
+                checkpointing: bool) -> dict:
     from shoelib.train import TrainConfig, train
 
     config = TrainConfig(model=str(model), train_dir=str(split), output_dir=str(work / "out"),
                          cache_dir=str(work / "cache"), resolution=resolution,
                          max_train_steps=steps, lr_warmup_steps=0, train_batch_size=1,
                          gradient_accumulation_steps=1, validation_every=0,
-                         checkpoint_every=0, checkpoints_to_keep=1, device="cpu")
+                         checkpoint_every=0, checkpoints_to_keep=1, device="cpu",
+                         gradient_checkpointing=checkpointing)
     result = train(config, progress=False)
     return {"step_seconds": list(result.step_seconds), "trainable_params": result.trainable_params}
 
 
-def run_per_step_encoding(model: Path, split: Path, steps: int, resolution: int) -> dict:
+def run_per_step_encoding(model: Path, split: Path, steps: int, resolution: int,
+                          checkpointing: bool) -> dict:
     """The example script's loop: encode the batch's image and caption at every step."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from diffusers.optimization import get_scheduler
@@ -133,6 +136,9 @@ def run_per_step_encoding(model: Path, split: Path, steps: int, resolution: int)
     vae = AutoencoderKL.from_pretrained(model, subfolder="vae").requires_grad_(False)
     unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet").requires_grad_(False)
     noise_scheduler = DDPMScheduler.from_pretrained(model, subfolder="scheduler")
+    if checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet.train()
     torch.manual_seed(0)
     unet.add_adapter(LoraConfig(r=8, lora_alpha=16, init_lora_weights="gaussian",
                                 target_modules=list(LORA_TARGET_MODULES)))
@@ -164,7 +170,7 @@ def run_per_step_encoding(model: Path, split: Path, steps: int, resolution: int)
     return {"step_seconds": seconds, "trainable_params": sum(p.numel() for p in params)}
 
 
-def run_unet_only(model: Path, steps: int, resolution: int) -> dict:
+def run_unet_only(model: Path, steps: int, resolution: int, checkpointing: bool) -> dict:
     """The floor: the same LoRA step on random latents and text states, no data at all."""
     from diffusers import UNet2DConditionModel
     from peft import LoraConfig
@@ -172,6 +178,9 @@ def run_unet_only(model: Path, steps: int, resolution: int) -> dict:
     from shoelib.lora_io import LORA_TARGET_MODULES
 
     unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet").requires_grad_(False)
+    if checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet.train()
     torch.manual_seed(0)
     unet.add_adapter(LoraConfig(r=8, lora_alpha=16, init_lora_weights="gaussian",
                                 target_modules=list(LORA_TARGET_MODULES)))
@@ -195,11 +204,13 @@ def child(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     total = args.warmup + args.steps
     if args.child == "shoelib":
-        out = run_shoelib(args.model, args.split, args.work / "shoelib", total, args.resolution)
+        out = run_shoelib(args.model, args.split, args.work / "shoelib", total, args.resolution,
+                          args.gradient_checkpointing)
     elif args.child == "per_step":
-        out = run_per_step_encoding(args.model, args.split, total, args.resolution)
+        out = run_per_step_encoding(args.model, args.split, total, args.resolution,
+                                    args.gradient_checkpointing)
     else:
-        out = run_unet_only(args.model, total, args.resolution)
+        out = run_unet_only(args.model, total, args.resolution, args.gradient_checkpointing)
     out["wall_seconds"] = time.perf_counter() - started
     out["peak_rss_bytes"] = peak_rss_bytes()
     print("RESULT " + json.dumps(out), flush=True)
@@ -214,6 +225,8 @@ def measure(variant: str, args: argparse.Namespace, model: Path, split: Path) ->
     cmd = [sys.executable, __file__, "--child", variant, "--model", str(model), "--split",
            str(split), "--work", str(args.work), "--steps", str(args.steps), "--warmup",
            str(args.warmup), "--resolution", str(args.resolution)]
+    if args.gradient_checkpointing:
+        cmd.append("--gradient-checkpointing")
     done = subprocess.run(cmd, capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or not lines:
@@ -241,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/shoelib-bench-train"),
                         help="models, images and cache (the 4.3 GB model is reused)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="in every variant, as the full recipe (configs/full.yaml) trains")
     parser.add_argument("--child", choices=("shoelib", "per_step", "unet_only"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
@@ -260,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     base, ours = results["per_step"], results["shoelib"]
     summary = {
         "resolution": args.resolution, "timed_steps": args.steps, "warmup_steps": args.warmup,
+        "gradient_checkpointing": args.gradient_checkpointing,
         "repeats": args.repeats,
         "torch_threads": torch.get_num_threads(), "variants": results,
         "speedup_steps_per_second": base["median_seconds_per_step"] / ours["median_seconds_per_step"],
@@ -269,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         "floor_peak_rss_reduction": 1 - results["unet_only"]["peak_rss_bytes"] / base["peak_rss_bytes"],
     }
     print(f"\nLoRA training step, SD 1.5 architecture (random weights), {args.resolution} px, "
-          f"batch 1, CPU, {torch.get_num_threads()} threads; median of {args.steps} steps "
+          f"batch 1, CPU, {torch.get_num_threads()} threads, gradient checkpointing "
+          f"{'on' if args.gradient_checkpointing else 'off'}; median of {args.steps} steps "
           f"after {args.warmup} warm-up, {args.repeats} process(es) per variant")
     print(f"{'variant':<22}{'s/step':>9}{'steps/s':>9}{'peak RSS GB':>13}{'wall s':>9}")
     for name, label in (("per_step", "encode every step"), ("shoelib", "shoelib (cached)"),
