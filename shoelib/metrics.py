@@ -69,8 +69,12 @@ def require_images(metric: str, which: str, have: int, need: int) -> None:
 
 
 def results_table(results: Sequence[MetricResult]) -> pd.DataFrame:
-    """The summary table: one row per MetricResult."""
-    return pd.DataFrame([r.as_row() for r in results])
+    """The summary table: one row per MetricResult (image counts stay integers, blank if none)."""
+    table = pd.DataFrame([r.as_row() for r in results])
+    for column in ("n_real", "n_synthetic"):
+        if column in table:
+            table[column] = table[column].astype("Int64")
+    return table
 
 
 # --- images

@@ -278,3 +278,10 @@ def test_memorisation_flags_a_copied_training_image():
 def test_results_table_has_every_field():
     table = M.results_table([M.MetricResult("KID", 0.1, 0.01, 10, 20, "n", "lower")])
     assert list(table.columns) == ["name", "value", "std", "n_real", "n_synthetic", "note", "better"]
+
+
+def test_results_table_keeps_counts_integer_when_some_are_missing():
+    table = M.results_table([M.MetricResult("KID", 0.1, 0.01, 20, None, "n", "lower"),
+                             M.MetricResult("FID", None, None, 20, 32, "n", "lower")])
+    assert table.to_csv(index=False).splitlines()[1:] == ["KID,0.1,0.01,20,,n,lower",
+                                                          "FID,,,20,32,n,lower"]
