@@ -137,8 +137,11 @@ def run_step(step: Step, params: dict[str, Any], out_dir: Path) -> Path:
 def run(profile: str, only: str | None = None, start: str | None = None,
         overrides: dict[str, Any] | None = None, reports_dir: Path | None = None) -> list[Path]:
     params = {**load_profile(profile), **(overrides or {})}
-    steps = select_steps(discover_notebooks(), only, start)
-    declared = {s.name: declared_parameters(s) for s in discover_notebooks()}
+    all_steps = discover_notebooks()
+    steps = select_steps(all_steps, only, start)
+    # Keys are checked against every notebook, not just the selected ones: one profile
+    # file serves them all.
+    declared = {s.name: declared_parameters(s) for s in all_steps}
     check_keys(params, declared)
     if profile == "demo":
         from shoelib.demo import ensure_demo_assets
