@@ -30,7 +30,6 @@ processes over gloo, which is how the sharding is tested. `--cpu` alone starts o
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import string
 import sys
@@ -342,24 +341,18 @@ def model_name(model: str | Path) -> str:
     return str(path.resolve()) if path.exists() else str(model)
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def run_settings(plan_config: PromptPlanConfig, gen: GenerateConfig) -> dict[str, Any]:
     """Everything that decides what an image of the plan looks like (n_images excluded: a
     longer plan extends a run). Stored as run.json; a rerun must match it."""
+    from shoelib.lora_io import lora_fingerprint
+
     plan = asdict(plan_config)
     plan.pop("n_images")
     return {
         "plan": json.loads(json.dumps(plan)),  # tuples -> lists, as read back from JSON
         "model": model_name(gen.model),
         "lora": str(gen.lora_path) if gen.lora_path else None,
-        "lora_sha256": file_sha256(gen.lora_path) if gen.lora_path else None,
+        "lora_fingerprint": lora_fingerprint(gen.lora_path) if gen.lora_path else None,
         "lora_strength": float(gen.lora_strength),
         "scheduler": gen.scheduler, "steps": gen.steps,
         "guidance_scale": float(gen.guidance_scale),

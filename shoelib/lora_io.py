@@ -12,6 +12,8 @@ Two formats, because two worlds use LoRAs:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -64,7 +66,10 @@ def save_diffusers_lora(unet, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     layers = convert_state_dict_to_diffusers(peft_lora_state_dict(unet))
-    metadata = unet.peft_config[ADAPTER_NAME].to_dict()
+    # peft keeps target_modules as a set, whose order changes with every process's hash
+    # seed: sorted, the same LoRA always gives the same bytes (06 resumes by file hash).
+    metadata = {k: sorted(v) if isinstance(v, set | frozenset) else v
+                for k, v in unet.peft_config[ADAPTER_NAME].to_dict().items()}
     # save_lora_weights writes into a folder: stage it beside the target, then rename.
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.stem}."))
     try:
@@ -127,6 +132,22 @@ def read_header(path: str | Path) -> dict[str, str]:
     """The safetensors header metadata of a LoRA file (empty dict if none)."""
     with safe_open(str(path), framework="pt") as f:
         return dict(f.metadata() or {})
+
+
+def lora_fingerprint(path: str | Path) -> str:
+    """A sha256 of what a LoRA file means: its tensors and header metadata, in sorted order.
+
+    Not the file's bytes: safetensors writes header metadata in a different key order in
+    every process, so the same LoRA saved twice differs byte for byte.
+    """
+    digest = hashlib.sha256()
+    with safe_open(str(path), framework="pt") as f:
+        digest.update(json.dumps(f.metadata() or {}, sort_keys=True).encode())
+        for key in sorted(f.keys()):
+            tensor = f.get_tensor(key).contiguous()
+            digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+            digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 # --- checking a file against a model

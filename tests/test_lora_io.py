@@ -17,6 +17,7 @@ from shoelib.lora_io import (
     apply_lora,
     check_lora_fits,
     kohya_name,
+    lora_fingerprint,
     peft_lora_state_dict,
     read_header,
     save_diffusers_lora,
@@ -89,7 +90,8 @@ def test_diffusers_file_carries_rank_and_alpha(exported):
     header = read_header(exported[0])
     meta = json.loads(header["lora_adapter_metadata"])
     assert meta["unet.r"] == RANK and meta["unet.lora_alpha"] == ALPHA
-    assert set(meta["unet.target_modules"]) == set(LORA_TARGET_MODULES)
+    # sorted, not a set's per-process order: the same LoRA must mean the same header
+    assert meta["unet.target_modules"] == sorted(LORA_TARGET_MODULES)
     keys = load_file(str(exported[0]))
     assert keys and all(k.startswith("unet.") and ".lora." in k for k in keys)
 
@@ -188,3 +190,30 @@ def test_sd15_unet_lora_has_the_expected_parameter_count():
     unet.add_adapter(LoraConfig(r=8, lora_alpha=16, target_modules=list(LORA_TARGET_MODULES)))
     assert sum(p.numel() for p in unet.parameters()) - 859_520_964 == 1_594_368
     assert sum(p.numel() for p in unet.parameters() if p.requires_grad) == 1_594_368
+
+
+def _raw_safetensors(path, tensors, metadata):
+    """A safetensors file whose header keys are written in exactly the given order."""
+    header, blobs, offset = {"__metadata__": metadata}, [], 0
+    for name, tensor in tensors.items():
+        blob = tensor.contiguous().numpy().tobytes()
+        header[name] = {"dtype": "F32", "shape": list(tensor.shape),
+                        "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    text = json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + b"".join(blobs))
+    return path
+
+
+def test_fingerprint_ignores_header_order_but_not_meaning(tmp_path):
+    a, b = torch.arange(6.0).reshape(2, 3), torch.ones(2)
+    meta = {"ss_network_alpha": "16", "ss_network_dim": "8"}
+    one = _raw_safetensors(tmp_path / "1.safetensors", {"a": a, "b": b}, meta)
+    two = _raw_safetensors(tmp_path / "2.safetensors", {"b": b, "a": a}, dict(reversed(meta.items())))
+    assert one.read_bytes() != two.read_bytes()
+    assert lora_fingerprint(one) == lora_fingerprint(two)
+    other_alpha = _raw_safetensors(tmp_path / "3.safetensors", {"a": a, "b": b},
+                                   {**meta, "ss_network_alpha": "8"})
+    other_weight = _raw_safetensors(tmp_path / "4.safetensors", {"a": a + 1e-3, "b": b}, meta)
+    assert len({lora_fingerprint(p) for p in (one, other_alpha, other_weight)}) == 3
