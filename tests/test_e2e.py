@@ -40,3 +40,13 @@ def test_demo_chain_runs_and_keeps_its_contracts(tmp_path):
             rel, keys = CONTRACTS[step.number]
             summary = json.loads((RunPaths(out).root / rel).read_text())
             assert keys <= set(summary), f"{rel} lacks {keys - set(summary)}"
+
+    # A rerun resumes instead of redoing or refusing: 05 finds its last checkpoint and
+    # re-exports the same LoRA, so 06 recognises its run and has nothing left to render.
+    pngs = sorted((out / "synthetic" / "demo").glob("*.png"))
+    code = run.main(["--profile", "demo", "--from", "05", "-p", "output_root", str(out),
+                     "--reports-dir", str(reports)])
+    assert code == 0
+    assert sorted((out / "synthetic" / "demo").glob("*.png")) == pngs
+    lora = json.loads((out / "lora" / "summary.json").read_text())
+    assert lora["resumed_from"] == lora["steps"]
