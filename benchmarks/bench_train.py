@@ -118,24 +118,14 @@ def run_shoelib(model: Path, split: Path, work: Path, steps: int, resolution: in
     return {"step_seconds": list(result.step_seconds), "trainable_params": result.trainable_params}
 
 
-def run_per_step_encoding(model: Path, split: Path, steps: int, resolution: int,
-                          checkpointing: bool) -> dict:
-    """The example script's loop: encode the batch's image and caption at every step."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from diffusers.optimization import get_scheduler
+def lora_unet(model: Path, checkpointing: bool):
+    """The baselines' UNet: frozen, rank-8/alpha-16 LoRA on the attention projections, AdamW."""
+    from diffusers import UNet2DConditionModel
     from peft import LoraConfig
-    from transformers import CLIPTextModel, CLIPTokenizer
 
-    from shoelib.dataset import read_split
-    from shoelib.latent_cache import load_image_tensor, tokenize
     from shoelib.lora_io import LORA_TARGET_MODULES
 
-    rows = read_split(split)
-    tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
-    text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder").requires_grad_(False)
-    vae = AutoencoderKL.from_pretrained(model, subfolder="vae").requires_grad_(False)
     unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet").requires_grad_(False)
-    noise_scheduler = DDPMScheduler.from_pretrained(model, subfolder="scheduler")
     if checkpointing:
         unet.enable_gradient_checkpointing()
     unet.train()
@@ -143,7 +133,25 @@ def run_per_step_encoding(model: Path, split: Path, steps: int, resolution: int,
     unet.add_adapter(LoraConfig(r=8, lora_alpha=16, init_lora_weights="gaussian",
                                 target_modules=list(LORA_TARGET_MODULES)))
     params = [p for p in unet.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    return unet, params, torch.optim.AdamW(params, lr=1e-4)
+
+
+def run_per_step_encoding(model: Path, split: Path, steps: int, resolution: int,
+                          checkpointing: bool) -> dict:
+    """The example script's loop: encode the batch's image and caption at every step."""
+    from diffusers import AutoencoderKL, DDPMScheduler
+    from diffusers.optimization import get_scheduler
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from shoelib.dataset import read_split
+    from shoelib.latent_cache import load_image_tensor, tokenize
+
+    rows = read_split(split)
+    tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder").requires_grad_(False)
+    vae = AutoencoderKL.from_pretrained(model, subfolder="vae").requires_grad_(False)
+    noise_scheduler = DDPMScheduler.from_pretrained(model, subfolder="scheduler")
+    unet, params, optimizer = lora_unet(model, checkpointing)
     lr_scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=0, num_training_steps=steps)
     generator = torch.Generator().manual_seed(0)
     seconds = []
@@ -172,20 +180,9 @@ def run_per_step_encoding(model: Path, split: Path, steps: int, resolution: int,
 
 def run_unet_only(model: Path, steps: int, resolution: int, checkpointing: bool) -> dict:
     """The floor: the same LoRA step on random latents and text states, no data at all."""
-    from diffusers import UNet2DConditionModel
-    from peft import LoraConfig
 
-    from shoelib.lora_io import LORA_TARGET_MODULES
 
-    unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet").requires_grad_(False)
-    if checkpointing:
-        unet.enable_gradient_checkpointing()
-    unet.train()
-    torch.manual_seed(0)
-    unet.add_adapter(LoraConfig(r=8, lora_alpha=16, init_lora_weights="gaussian",
-                                target_modules=list(LORA_TARGET_MODULES)))
-    params = [p for p in unet.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    unet, params, optimizer = lora_unet(model, checkpointing)
     side = resolution // 8
     seconds = []
     for _ in range(steps):
