@@ -26,6 +26,8 @@ import pandas as pd
 from PIL import Image
 from scipy import fft, ndimage
 
+from shoelib.images import to_rgb
+
 # --- results
 
 
@@ -84,11 +86,7 @@ def open_rgb(path: str | Path) -> Image.Image:
     """An image as RGB; transparency is composited on white (the catalogue's background)."""
     with Image.open(path) as im:
         im.load()
-        if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-            rgba = im.convert("RGBA")
-            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return Image.alpha_composite(white, rgba).convert("RGB")
-        return im.convert("RGB")
+        return to_rgb(im).copy()
 
 
 def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
