@@ -1,12 +1,15 @@
-"""The embedded default: a generated sample catalogue in the Kaggle layout, and the tiny model.
+"""The embedded default: a sample catalogue of real photos in the Kaggle layout, and the
+pretrained model.
 
-    python -m shoelib.demo [--root DIR]     # builds DIR/catalog and DIR/models/tiny-sd
+    python -m shoelib.demo [--root DIR]     # builds DIR/catalog from assets/photos
 
-The catalogue (`styles.csv` + `images/<id>.jpg`) has about 300 rows over seven article types,
-Casual Shoes with the real colour and gender shape (Black/Brown/White largest, a long tail of
-rare colours; Men ~79 %), and every quirk of the real file (QUIRK_IDS). Its images are flat
-drawn shoe silhouettes in the row's colour on an off-white background: they exercise the code,
-they are not data, and nothing learned from them means anything.
+The catalogue (`styles.csv` + `images/<id>.jpg`) is made of the real product photos shipped in
+`assets/photos/` (224 px, with their own styles.csv lines, so captions describe the photos):
+every Casual Shoes photo, the photos held out from pretraining, and other footwear. Around
+them it adds every quirk of the real file and of real image folders (QUIRK_IDS): unquoted
+commas, "NA" values, test rows, a duplicated id, missing, truncated, empty, grey, CMYK, RGBA
+and odd-sized images. The model is `assets/models/catalog-sd-64` (see its README.md), a small
+Stable Diffusion-layout model pretrained on real catalogue photos without Casual Shoes.
 """
 
 from __future__ import annotations
@@ -21,36 +24,23 @@ from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+import pandas as pd
+from PIL import Image
 
-from shoelib.paths import DEMO_DIR
+from shoelib.paths import ASSETS_DIR, DEMO_DIR
 
 # Bump when the generated catalogue changes, so `ensure_demo_assets` rebuilds an old copy.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 COMPLETE_MARKER = ".complete"  # written last inside the catalogue folder
 HEADER = ("id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,"
           "productDisplayName")
-IMAGE_SIZE = (1800, 2400)  # width, height of most Kaggle originals
 JPEG_QUALITY = 85
+PHOTOS_DIR = ASSETS_DIR / "photos"
+MODEL_DIR = ASSETS_DIR / "models" / "catalog-sd-64"
+ENCODER_DIR = ASSETS_DIR / "models" / "catalog-encoder"
 
-# Rows per article type (Casual Shoes get the quirk rows on top: see QUIRK_ROWS).
-ARTICLE_COUNTS = {
-    "Casual Shoes": 115, "Sports Shoes": 40, "Formal Shoes": 30, "Sandals": 25,
-    "Flip Flops": 20, "Heels": 15, "Tshirts": 30,
-}
-# Casual Shoes colours: the real shape scaled down (DOMAIN.md: Black 30.7 %, Brown 18.0 %,
-# White 15.3 %, ... a long tail). 16 colours, 11 with fewer than 10 rows; plus one "NA" and
-# one empty cell from the quirk rows.
-CASUAL_COLOURS = {
-    "Black": 34, "Brown": 21, "White": 18, "Grey": 10, "Blue": 10, "Navy Blue": 8, "Red": 7,
-    "Green": 5, "Olive": 4, "Tan": 3, "Beige": 3, "Khaki": 2, "Pink": 2, "Purple": 1,
-    "Yellow": 1, "Orange": 1,
-}
-# Casual Shoes genders: Men 79.0 %, Women 11.7 %, Unisex 8.0 %, Boys 0.8 %, Girls 0.5 % (real).
-CASUAL_GENDERS = {"Men": 104, "Women": 16, "Unisex": 9, "Boys": 2, "Girls": 1}
-
-# Deliberate quirks, by fixed id (the same for every seed). Each reproduces one of the real
-# catalogue (DOMAIN.md, real-sample/README.md) or a failure a real image folder has.
+# Deliberate quirks, by fixed id (the same for every seed; no real id is this high). Each
+# reproduces one of the real Kaggle file or a failure a real image folder has.
 QUIRK_IDS = {
     "comma_11_fields": (58001, 58003, 58004),  # one unquoted comma in the name: 11 fields
     "comma_12_fields": (58002,),               # two unquoted commas: 12 fields
@@ -69,8 +59,9 @@ QUIRK_IDS = {
     "grayscale_jpeg": (58021,),                # mode L
     "cmyk_jpeg": (58022,),                     # mode CMYK
     "png_as_jpg": (58023,),                    # RGBA PNG saved as <id>.jpg
-    "odd_size": (58024, 58025),                # 1080x1440 and 2400x1800 instead of 1800x2400
+    "odd_size": (58024, 58025),                # 1080x1440 and 2400x1800 canvases, not square
 }
+ODD_SIZES = ((1080, 1440), (2400, 1800))  # canvas sizes of the odd_size quirk rows (w, h)
 # id -> (articleType, fields that differ from a generated row). Quirk rows of Casual Shoes
 # take colour/gender slots of the distributions above unless they set baseColour themselves;
 # "{gender}"/"{colour}" in a name are filled with the row's own values.
@@ -100,157 +91,96 @@ QUIRK_ROWS: tuple[tuple[int, str, dict], ...] = (
     (58021, "Casual Shoes", {"image": "L"}),
     (58022, "Casual Shoes", {"image": "CMYK"}),
     (58023, "Casual Shoes", {"image": "png"}),
-    (58024, "Casual Shoes", {"image_size": (1080, 1440)}),
-    (58025, "Casual Shoes", {"image_size": (2400, 1800)}),
+    (58024, "Casual Shoes", {"image_size": ODD_SIZES[0]}),
+    (58025, "Casual Shoes", {"image_size": ODD_SIZES[1]}),
 )
 EXTRA_USAGE_NA = 4  # further random rows whose usage is "NA" (the real file has 316)
-
-COLOUR_RGB = {
-    "Black": (28, 28, 30), "Brown": (115, 70, 40), "White": (244, 244, 240),
-    "Grey": (128, 128, 130), "Blue": (40, 85, 185), "Navy Blue": (28, 38, 85),
-    "Red": (195, 30, 38), "Green": (40, 130, 65), "Olive": (108, 112, 45),
-    "Tan": (205, 160, 110), "Beige": (222, 203, 168), "Khaki": (189, 174, 120),
-    "Pink": (232, 130, 168), "Purple": (108, 52, 140), "Yellow": (238, 206, 45),
-    "Orange": (238, 128, 35), "Silver": (190, 190, 196), "Gold": (200, 165, 62),
-    "Maroon": (118, 22, 42), "Off White": (238, 233, 218), "Charcoal": (58, 58, 64),
-    "Teal": (30, 128, 128), "Multi": (150, 90, 160),
-}
-NEUTRAL_RGB = (140, 140, 140)  # "NA" or empty colour
-
-# What the other article types look like: genders, colours, brands, usage, product nouns.
-TYPE_SPECS = {
-    "Casual Shoes": dict(master="Footwear", sub="Shoes", usage="Casual",
-                         nouns=("Casual Shoes", "Sneakers", "Canvas Shoes", "Loafers")),
-    "Sports Shoes": dict(master="Footwear", sub="Shoes", usage="Sports",
-                         nouns=("Sports Shoes", "Running Shoes"),
-                         genders={"Men": 8, "Women": 3, "Unisex": 1},
-                         colours={"Black": 4, "White": 4, "Blue": 2, "Grey": 2, "Red": 1}),
-    "Formal Shoes": dict(master="Footwear", sub="Shoes", usage="Formal",
-                         nouns=("Formal Shoes", "Derby Shoes"), genders={"Men": 1},
-                         colours={"Black": 3, "Brown": 3, "Tan": 1}),
-    "Sandals": dict(master="Footwear", sub="Sandal", usage="Casual", nouns=("Sandals",),
-                    genders={"Men": 3, "Women": 2, "Boys": 1},
-                    colours={"Brown": 3, "Black": 3, "Tan": 1, "Olive": 1}),
-    "Flip Flops": dict(master="Footwear", sub="Flip Flops", usage="Casual",
-                       nouns=("Flip Flops",), genders={"Men": 2, "Women": 2, "Unisex": 1},
-                       colours={"Black": 2, "Blue": 2, "Red": 1, "Yellow": 1}),
-    "Heels": dict(master="Footwear", sub="Shoes", usage="Casual", nouns=("Heels", "Pumps"),
-                  genders={"Women": 1}, colours={"Black": 3, "Red": 1, "Beige": 1, "Gold": 1}),
-    "Tshirts": dict(master="Apparel", sub="Topwear", usage="Casual", nouns=("T-shirt",),
-                    genders={"Men": 3, "Women": 2},
-                    colours={"Black": 2, "White": 2, "Navy Blue": 1, "Grey": 1, "Red": 1}),
-}
-BRANDS = (  # multi-word brands on purpose: the first word is not the brand
-    "United Colors of Benetton", "Red Tape", "Lee Cooper", "U.S. Polo Assn.", "Numero Uno",
-    "Puma", "Nike", "ADIDAS", "Converse", "Vans", "Woodland", "Carlton London",
-)
-# How a gender appears in names (real forms: "Men", "Men's", "Mens", "Women's", ...).
-GENDER_FORMS = {
-    "Men": ("Men", "Men", "Men", "Men's", "Mens"), "Women": ("Women", "Women", "Women's"),
-    "Unisex": ("Unisex",), "Boys": ("Boys", "Boy's"), "Girls": ("Girls", "Girl's"),
-}
-SEASONS = {"Summer": 5, "Fall": 4, "Winter": 2, "Spring": 1}
-YEARS = {2010: 1, 2011: 5, 2012: 4, 2013: 1, 2014: 1, 2015: 2, 2016: 2, 2017: 1}
 
 
 @dataclass(frozen=True)
 class DemoRow:
-    id: int
-    gender: str
-    article_type: str
-    colour: str
-    season: str
-    year: str
-    usage: str
-    name: str
-    image: str | None = "jpeg"  # 'jpeg' | None (missing) | 'truncated' | 'zero_byte' | 'L' | ...
-    image_size: tuple[int, int] = IMAGE_SIZE
+    """One styles.csv line: the 10 Kaggle fields, the photo it takes, and its image quirk."""
+
+    fields: tuple[str, ...]           # id, gender, masterCategory, ..., productDisplayName
+    photo_id: int | None              # shipped photo that becomes images/<id>.jpg
+    image: str | None = "jpeg"        # 'jpeg' | None (missing) | 'truncated' | 'zero_byte' | 'L' | ...
+    image_size: tuple[int, int] | None = None  # pad the photo onto a canvas of this size
+
+    @property
+    def id(self) -> int:
+        return int(self.fields[0])
+
+    @property
+    def article_type(self) -> str:
+        return self.fields[4]
 
     def csv_line(self) -> str:
         """Written the way the Kaggle file is: no quoting, so a comma in the name splits it."""
-        spec = TYPE_SPECS[self.article_type]
-        return ",".join((str(self.id), self.gender, spec["master"], spec["sub"],
-                         self.article_type, self.colour, self.season, self.year, self.usage,
-                         self.name))
+        return ",".join(self.fields)
 
 
 @dataclass(frozen=True)
 class DemoAssets:
     catalog_dir: Path  # styles.csv + images/
-    model_dir: Path    # tiny SD pipeline in diffusers layout
+    model_dir: Path    # the pretrained SD-layout pipeline
+    encoder_dir: Path  # the image encoder of the demo's fidelity measures
 
 
 # ---------------------------------------------------------------------------------------------
-# Rows
+# Rows: the shipped real rows, with the quirks applied to a few of them
 
 
-def _expand(counts: dict, rng: random.Random) -> list:
-    items = [value for value, n in counts.items() for _ in range(n)]
-    rng.shuffle(items)
-    return items
+FIELD = {name: i for i, name in enumerate(HEADER.split(","))}
 
 
-def _weighted(weights: dict, rng: random.Random):
-    return rng.choices(list(weights), weights=list(weights.values()))[0]
+def shipped_rows(photos_dir: Path = PHOTOS_DIR) -> list[tuple[str, ...]]:
+    """The shipped real styles.csv rows, 10 fields each (a name's unquoted commas rejoined)."""
+    rows = []
+    for line in (photos_dir / "styles.csv").read_text(encoding="utf-8").splitlines()[1:]:
+        parts = line.split(",")
+        rows.append(tuple(parts[:9]) + (",".join(parts[9:]),))
+    return rows
 
 
-def _product_name(brand: str, gender: str, colour: str, noun: str, rng: random.Random) -> str:
-    words = [brand, rng.choice(GENDER_FORMS[gender])]
-    if colour not in ("", "NA"):
-        words.append(colour)
-    words.append(noun)
-    return " ".join(words)
-
-
-def demo_rows(seed: int = 0) -> list[DemoRow]:
+def demo_rows(seed: int = 0, photos_dir: Path = PHOTOS_DIR) -> list[DemoRow]:
     """Every row of the demo catalogue, in file order (shuffled, as the real file is).
 
+    The shipped real rows, each with its own photo; the quirk rows of QUIRK_ROWS each take
+    over one real row of their article type (lowest unused id first, so the same for every
+    seed), keeping its photo and its labels (so captions still describe the photo) under
+    the quirk's id, with the quirk applied.
+
     Args:
-        seed: drives everything but QUIRK_IDS.
-    Returns:
-        DemoRow list: ARTICLE_COUNTS rows plus QUIRK_ROWS.
+        seed: drives the row order and the EXTRA_USAGE_NA rows.
     """
     rng = random.Random(seed)
-    quirk_types = [t for _, t, _ in QUIRK_ROWS]
-    n_casual = ARTICLE_COUNTS["Casual Shoes"] + quirk_types.count("Casual Shoes")
-    own_colour = sum(1 for _, t, f in QUIRK_ROWS if t == "Casual Shoes" and "baseColour" in f)
-    casual_colours = _expand(CASUAL_COLOURS, rng)
-    casual_genders = _expand(CASUAL_GENDERS, rng)
-    if len(casual_colours) != n_casual - own_colour or len(casual_genders) != n_casual:
-        raise AssertionError("CASUAL_COLOURS/CASUAL_GENDERS must add up to the Casual Shoes rows")
-
-    reserved = {i for i, _, _ in QUIRK_ROWS}
-    pool = [i for i in range(1500, 57000) if i not in reserved]
-    ids = iter(rng.sample(pool, sum(ARTICLE_COUNTS.values())))
-
-    def make(article_type: str, product_id: int, fields: dict) -> DemoRow:
-        spec = TYPE_SPECS[article_type]
-        if article_type == "Casual Shoes":
-            gender = fields.get("gender") or casual_genders.pop()
-            colour = fields["baseColour"] if "baseColour" in fields else casual_colours.pop()
-        else:
-            gender = fields.get("gender") or _weighted(spec["genders"], rng)
-            colour = fields.get("baseColour") or _weighted(spec["colours"], rng)
-        brand = rng.choice(BRANDS)
-        name = fields.get("name") or _product_name(brand, gender, colour,
-                                                   rng.choice(spec["nouns"]), rng)
-        if "{" in name:  # a quirk name written around the row's own gender and colour
-            name = name.format(gender=rng.choice(GENDER_FORMS[gender]), colour=colour)
-        return DemoRow(
-            id=product_id, gender=gender, article_type=article_type, colour=colour,
-            season=fields.get("season", _weighted(SEASONS, rng)),
-            year=fields.get("year", str(_weighted(YEARS, rng))),
-            usage=fields.get("usage", spec["usage"]), name=name,
-            image=fields.get("image", "jpeg"), image_size=fields.get("image_size", IMAGE_SIZE),
-        )
-
-    rows = [make(t, i, f) for i, t, f in QUIRK_ROWS]
-    for article_type, count in ARTICLE_COUNTS.items():
-        rows += [make(article_type, next(ids), {}) for _ in range(count)]
+    real = sorted(shipped_rows(photos_dir), key=lambda f: int(f[0]))
+    taken: set[int] = set()
+    rows = []
+    for quirk_id, article_type, fields in QUIRK_ROWS:
+        if quirk_id in taken:  # the duplicated id: a second line identical to the first
+            rows.append(next(r for r in rows if r.id == quirk_id))
+            continue
+        source = next(f for f in real if f[4] == article_type and int(f[0]) not in taken)
+        taken.update({int(source[0]), quirk_id})
+        values = list(source)
+        values[0] = str(quirk_id)
+        gender, colour = source[FIELD["gender"]], source[FIELD["baseColour"]]
+        for key, value in fields.items():
+            if key in FIELD:
+                values[FIELD[key]] = value
+            elif key == "name":  # a quirk name written around the row's own gender and colour
+                values[FIELD["productDisplayName"]] = value.format(gender=gender, colour=colour)
+        rows.append(DemoRow(tuple(values), int(source[0]), image=fields.get("image", "jpeg"),
+                            image_size=fields.get("image_size")))
+    rows += [DemoRow(f, int(f[0])) for f in real if int(f[0]) not in taken]
     rng.shuffle(rows)
+    reserved = {i for i, _, _ in QUIRK_ROWS}
     plain = [k for k, r in enumerate(rows) if r.id not in reserved]
     for k in rng.sample(plain, EXTRA_USAGE_NA):
-        rows[k] = replace(rows[k], usage="NA")
+        values = list(rows[k].fields)
+        values[FIELD["usage"]] = "NA"
+        rows[k] = replace(rows[k], fields=tuple(values))
     return rows
 
 
@@ -258,78 +188,22 @@ def demo_rows(seed: int = 0) -> list[DemoRow]:
 # Images
 
 
-def _shade(rgb: tuple[int, int, int], factor: float) -> tuple[int, int, int]:
-    return tuple(max(0, min(255, round(c * factor))) for c in rgb)
-
-
-def draw_product(row: DemoRow, rng: random.Random) -> Image.Image:
-    """A flat product shot: the silhouette in the row's colour on an off-white background.
-
-    Size and position vary per image, as they do in the real photos.
-    """
-    width, height = row.image_size
-    background = rng.randint(250, 255)
-    img = Image.new("RGB", (width, height), (background,) * 3)
-    draw = ImageDraw.Draw(img)
-    base = COLOUR_RGB.get(row.colour, NEUTRAL_RGB)
-    rgb = tuple(max(0, min(255, c + rng.randint(-12, 12))) for c in base)
-    length = min(width, height * 1.3) * rng.uniform(0.55, 0.85)
-    cx = width / 2 + rng.uniform(-0.08, 0.08) * width
-    cy = height / 2 + rng.uniform(-0.08, 0.08) * height
-    flip = rng.random() < 0.3
-
-    def pt(x: float, y: float) -> tuple[float, float]:
-        """Unit shoe coordinates (x 0 heel .. 1 toe, y 0 top .. 1 sole) -> pixels."""
-        x = 1 - x if flip else x
-        return cx + (x - 0.5) * length, cy + (y - 0.5) * length * 0.55
-
-    def box(x0: float, y0: float, x1: float, y1: float) -> tuple[float, ...]:
-        """A rectangle in unit coordinates -> pixel box with x0 <= x1 (flip swaps them)."""
-        (a, b), (c, d) = pt(x0, y0), pt(x1, y1)
-        return min(a, c), min(b, d), max(a, c), max(b, d)
-
-    # a soft floor shadow, then the product
-    draw.ellipse(box(0.05, 0.95, 0.98, 1.12), fill=(background - 14,) * 3)
-    outline = _shade(rgb, 0.6) if sum(rgb) > 200 else _shade(rgb, 1.8)
-    if row.article_type == "Tshirts":
-        shirt = [(0.3, -0.6), (0.42, -0.55), (0.58, -0.55), (0.7, -0.6), (0.95, -0.3),
-                 (0.85, -0.15), (0.75, -0.25), (0.75, 1.0), (0.25, 1.0), (0.25, -0.25),
-                 (0.15, -0.15), (0.05, -0.3)]
-        draw.polygon([pt(x, y) for x, y in shirt], fill=rgb, outline=outline, width=6)
-        return img
-    if row.article_type in ("Sandals", "Flip Flops"):
-        draw.rounded_rectangle(box(0.0, 0.78, 1.0, 0.95), radius=int(length * 0.04), fill=_shade(rgb, 0.8))
-        for x0 in (0.25, 0.55):
-            draw.line([pt(x0, 0.8), pt(x0 + 0.12, 0.45), pt(x0 + 0.24, 0.8)], fill=rgb,
-                      width=max(8, int(length * 0.03)))
-        return img
-    upper = [(0.0, 0.85), (0.0, 0.22), (0.1, 0.12), (0.3, 0.28), (0.45, 0.26), (0.62, 0.42),
-             (0.84, 0.52), (0.97, 0.66), (1.0, 0.85)]
-    if row.article_type == "Heels":
-        upper = [(0.0, 0.3), (0.12, 0.25), (0.35, 0.45), (0.7, 0.6), (0.98, 0.7), (1.0, 0.85),
-                 (0.6, 0.82), (0.1, 0.5)]
-        draw.rectangle(box(0.02, 0.45, 0.09, 1.0), fill=_shade(rgb, 0.7))
-    draw.polygon([pt(x, y) for x, y in upper], fill=rgb, outline=outline, width=6)
-    if row.article_type != "Heels":
-        sole = (235, 235, 230) if rng.random() < 0.6 else (60, 55, 50)
-        draw.rounded_rectangle(box(-0.02, 0.82, 1.02, 1.0), radius=int(length * 0.03), fill=sole, outline=outline, width=4)
-        for k in range(4):  # laces
-            x = 0.42 + 0.07 * k
-            draw.line([pt(x, 0.3 + 0.05 * k), pt(x + 0.05, 0.42 + 0.05 * k)],
-                      fill=_shade(rgb, 0.5) if sum(rgb) > 200 else (230, 230, 230),
-                      width=max(4, int(length * 0.008)))
-    return img
-
-
-def write_image(row: DemoRow, images_dir: Path, seed: int) -> None:
-    """Write images/<id>.jpg for one row, with the row's image quirk."""
+def write_image(row: DemoRow, images_dir: Path, photos_dir: Path = PHOTOS_DIR) -> None:
+    """Write images/<id>.jpg for one row: its shipped photo, with the row's image quirk."""
     if row.image is None:
         return
     path = images_dir / f"{row.id}.jpg"
     if row.image == "zero_byte":
         path.write_bytes(b"")
         return
-    img = draw_product(row, random.Random(seed * 1_000_003 + row.id))
+    source = photos_dir / "images" / f"{row.photo_id}.jpg"
+    if row.image == "jpeg" and row.image_size is None:
+        shutil.copyfile(source, path)  # the real bytes, untouched
+        return
+    with Image.open(source) as photo:
+        img = photo.convert("RGB")
+    if row.image_size is not None:
+        img = _on_canvas(img, row.image_size)
     if row.image == "png":
         rgba = img.convert("RGBA")
         rgba.putalpha(Image.eval(img.convert("L"), lambda v: 0 if v >= 248 else 255))
@@ -344,12 +218,62 @@ def write_image(row: DemoRow, images_dir: Path, seed: int) -> None:
         img.save(path, format="JPEG", quality=JPEG_QUALITY)
 
 
+def _on_canvas(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """The photo scaled to fit `size` (w, h) and centred on white, as an odd-sized original."""
+    scale = min(size[0] / img.width, size[1] / img.height)
+    fitted = img.resize((round(img.width * scale), round(img.height * scale)),
+                        Image.Resampling.LANCZOS)
+    canvas = Image.new("RGB", size, (255, 255, 255))
+    canvas.paste(fitted, ((size[0] - fitted.width) // 2, (size[1] - fitted.height) // 2))
+    return canvas
+
+
+# ---------------------------------------------------------------------------------------------
+# The shipped photos: how they were chosen
+
+
+FOOTWEAR = ("Sports Shoes", "Formal Shoes", "Sandals", "Flip Flops", "Heels", "Flats")
+
+
+def select_demo_photos(data_root: str | Path, holdout_csv: str | Path, out_dir: str | Path = PHOTOS_DIR,
+                       *, lora_category: str = "Casual Shoes", per_footwear_type: int = 60,
+                       seed: int = 0) -> Path:
+    """Copy the photos the demo ships, with their own styles.csv lines, into `out_dir`.
+
+    - every photo of `lora_category` (what the demo's LoRA learns; the base model never saw it);
+    - every photo held out from pretraining (`holdout_csv`, written by `shoelib.pretrain`):
+      04 prompts the base model with their captions and compares;
+    - up to `per_footwear_type` photos of each other footwear type (held-out ones first):
+      the negatives of 07's article-type recogniser and the other demo categories.
+    """
+    data_root, out_dir = Path(data_root), Path(out_dir)
+    lines = (data_root / "styles.csv").read_text(encoding="utf-8").splitlines()
+    by_id = {int(line.split(",", 1)[0]): line for line in lines[1:]}
+    on_disk = {int(p.stem) for p in (data_root / "images").glob("*.jpg") if p.stem.isdigit()}
+    types = {i: line.split(",")[4] for i, line in by_id.items()}
+    holdout = [int(i) for i in pd.read_csv(holdout_csv)["id"]]
+    chosen = [i for i in sorted(on_disk) if types.get(i) == lora_category] + holdout
+    rng = random.Random(seed)
+    for article_type in FOOTWEAR:
+        held = [i for i in holdout if types.get(i) == article_type]
+        rest = sorted(i for i in on_disk if types.get(i) == article_type and i not in held)
+        chosen += rng.sample(rest, max(0, min(len(rest), per_footwear_type - len(held))))
+    chosen = sorted(set(chosen))
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    for product_id in chosen:
+        shutil.copyfile(data_root / "images" / f"{product_id}.jpg",
+                        out_dir / "images" / f"{product_id}.jpg")
+    text = "\n".join([lines[0]] + [by_id[i] for i in chosen]) + "\n"
+    (out_dir / "styles.csv").write_text(text, encoding="utf-8")
+    return out_dir
+
+
 # ---------------------------------------------------------------------------------------------
 # Catalogue and assets
 
 
 def build_demo_catalog(out_dir: str | Path, seed: int = 0, workers: int | None = None) -> Path:
-    """Generate the sample catalogue into `out_dir` (replaced as a whole).
+    """Build the sample catalogue into `out_dir` (replaced as a whole).
 
     Built in a staging folder beside `out_dir` and renamed into place, so `out_dir` is
     either absent, the old copy, or complete (COMPLETE_MARKER written last).
@@ -358,6 +282,7 @@ def build_demo_catalog(out_dir: str | Path, seed: int = 0, workers: int | None =
         out_dir: the catalogue folder to create (styles.csv + images/).
         seed: same seed -> byte-identical styles.csv and images.
         workers: image-writing threads (JPEG encoding releases the GIL); default CPU count.
+        (The photos come from PHOTOS_DIR.)
     Returns:
         out_dir.
     """
@@ -374,8 +299,8 @@ def build_demo_catalog(out_dir: str | Path, seed: int = 0, workers: int | None =
     (staging / "styles.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     unique = list({r.id: r for r in rows}.values())  # a duplicated id has one image
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        list(tqdm(pool.map(partial(write_image, images_dir=images_dir, seed=seed), unique),
-                  total=len(unique), desc="drawing demo images", unit="img"))
+        list(tqdm(pool.map(partial(write_image, images_dir=images_dir), unique),
+                  total=len(unique), desc="demo images", unit="img", mininterval=2))
     marker = {"generator_version": GENERATOR_VERSION, "seed": seed, "rows": len(rows)}
     (staging / COMPLETE_MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
     # Swap by renames: readers see the old copy or the new one, never a half-deleted folder.
@@ -400,34 +325,39 @@ def catalog_is_complete(catalog_dir: Path, seed: int = 0) -> bool:
 
 
 def ensure_demo_assets(root: str | Path = DEMO_DIR, seed: int = 0) -> DemoAssets:
-    """Build root/catalog and root/models/tiny-sd unless complete copies are there.
+    """Build root/catalog unless a complete copy is there; name the shipped model folders.
 
     Args:
         root: the demo data folder (default data/demo).
         seed: catalogue seed.
     Returns:
-        DemoAssets with both folders.
+        DemoAssets with the catalogue, model and encoder folders.
     """
-    from shoelib.tiny_sd import ensure_tiny_sd
-
     root = Path(root)
     catalog_dir = root / "catalog"
     if not catalog_is_complete(catalog_dir, seed):
         build_demo_catalog(catalog_dir, seed=seed)
-    model_dir = ensure_tiny_sd(root / "models" / "tiny-sd")
-    return DemoAssets(catalog_dir=catalog_dir, model_dir=Path(model_dir))
+    return DemoAssets(catalog_dir=catalog_dir, model_dir=MODEL_DIR, encoder_dir=ENCODER_DIR)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m shoelib.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=DEMO_DIR, help=f"default: {DEMO_DIR}")
+    parser.add_argument("--select-photos", nargs=2, metavar=("DATA_ROOT", "HOLDOUT_CSV"),
+                        help="re-select the shipped photos into assets/photos from a Kaggle-layout "
+                             "folder and the holdout.csv that `python -m shoelib.pretrain` wrote")
     args = parser.parse_args(argv)
+    if args.select_photos:
+        out = select_demo_photos(*args.select_photos)
+        print(f"shipped photos: {out} ({len(shipped_rows(out))} rows)")
+        return 0
     assets = ensure_demo_assets(args.root)
     n_rows = sum(1 for _ in (assets.catalog_dir / "styles.csv").open(encoding="utf-8")) - 1
     n_images = sum(1 for _ in (assets.catalog_dir / "images").iterdir())
     print(f"catalogue: {assets.catalog_dir} ({n_rows} rows, {n_images} image files)")
-    print(f"tiny model: {assets.model_dir}")
+    print(f"model: {assets.model_dir}")
+    print(f"image encoder: {assets.encoder_dir}")
     return 0
 
 

@@ -11,6 +11,7 @@ CONFIGS_DIR = PROJECT_ROOT / "configs"
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 REPORTS_DIR = PROJECT_ROOT / "reports"
 DEMO_DIR = PROJECT_ROOT / "data" / "demo"
+ASSETS_DIR = PROJECT_ROOT / "assets"  # shipped with the repository: demo photos, models
 
 
 def resolve(path: str | Path) -> Path:

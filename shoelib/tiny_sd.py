@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 # The words of the demo captions get their own BPE tokens, so that prompts differ in a few
@@ -46,8 +47,9 @@ def _byte_chars() -> list[str]:
     return [chr(c) for c in cs]
 
 
-def write_tokenizer_files(folder: Path) -> int:
-    """Write a CLIP vocab.json + merges.txt covering every byte and the caption words.
+def write_tokenizer_files(folder: Path, words: Sequence[str] = CAPTION_WORDS) -> int:
+    """Write a CLIP vocab.json + merges.txt covering every byte, with one merge chain per word
+    in `words` (lower case), so each becomes a single token where the chains don't collide.
 
     Returns the vocabulary size.
     """
@@ -56,7 +58,7 @@ def write_tokenizer_files(folder: Path) -> int:
     for token in chars + [c + "</w>" for c in chars]:
         vocab.setdefault(token, len(vocab))
     merges: list[str] = []
-    for word in CAPTION_WORDS:
+    for word in words:
         symbols = list(word[:-1]) + [word[-1] + "</w>"]
         left = symbols[0]
         for right in symbols[1:]:  # merge left to right: b l -> bl, bl a -> bla, ...

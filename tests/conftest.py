@@ -20,6 +20,16 @@ def real_sample_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def real_catalog_dir() -> Path:
+    """../shared/real-catalog: real styles.csv + 9,286 photos at 224 px. Read-only."""
+    path = Path(os.environ.get("SHOELIB_REAL_CATALOG",
+                               PROJECT_ROOT.parent / "shared" / "real-catalog"))
+    if not (path / "styles.csv").exists():
+        pytest.skip(f"real catalogue not found at {path} (set SHOELIB_REAL_CATALOG)")
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_sd_dir(tmp_path_factory) -> Path:
     """The tiny offline SD pipeline in diffusers folder layout, built once per test session."""
     from shoelib.tiny_sd import build_tiny_sd
