@@ -9,7 +9,7 @@ says what is missing.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +18,9 @@ import pandas as pd
 
 from shoelib import classifier as C
 from shoelib import metrics as M
-from shoelib.paths import RunPaths
+from shoelib.paths import RunPaths, resolve
 
-FIDELITY_FEATURES = ("clip", "pixels", "inception")
+FIDELITY_FEATURES = ("clip", "pixels", "inception", "encoder")
 
 
 @dataclass(frozen=True)
@@ -28,8 +28,9 @@ class EvalConfig:
     """Settings of the evaluation (from notebook 07's parameters).
 
     Attributes:
-        fidelity_features: "clip" (CLIP image embeddings), "pixels" (weight-free) or
-            "inception" (needs torch-fidelity).
+        fidelity_features: "clip" (CLIP image embeddings), "pixels" (weight-free),
+            "inception" (needs torch-fidelity) or "encoder" (the image encoder pretrained with
+            the embedded model: the demo's domain feature space).
         kid_subsets: subsets KID averages over.
         min_images: fewest images per set for KID and CMMD.
         near_duplicate_bits: pHash distance (of 64 bits) that counts as a near duplicate.
@@ -116,11 +117,19 @@ def is_demo_run(sets: EvalSets, clip: M.ClipBundle | None) -> bool:
 # --- features
 
 
-def feature_extractor(name: str, clip: M.ClipBundle | None) -> tuple[M.FeatureExtractor, str]:
+def feature_extractor(name: str, clip: M.ClipBundle | None,
+                      encoder_model: str | Path | None = None) -> tuple[M.FeatureExtractor, str]:
     """The extractor for fidelity and memorisation, and a report line about the choice.
 
     `clip` without weights ("none") falls back to pixel features, and says so.
     """
+    if name == "encoder":
+        if not encoder_model:
+            raise ValueError("fidelity_features='encoder' needs encoder_model (a folder written "
+                             "by `python -m shoelib.pretrain`, e.g. assets/models/catalog-encoder)")
+        extractor = M.EncoderFeatures(resolve(encoder_model))
+        return extractor, (f"embeddings of the image encoder {extractor.folder.name} (trained on "
+                           "real catalogue photos: article type + colour)")
     if name == "inception":
         return M.inception_features(), "Inception v3 (torch-fidelity weights): the FID standard"
     if name == "clip" and clip is not None:
@@ -421,3 +430,133 @@ def summary_record(results: Sequence[M.MetricResult], **extra: Any) -> dict:
     """summary.json: every table row (value, std, N) plus context (`extra`)."""
     rows = [r.as_row() for r in results]
     return {"results": rows, "table": {r["name"]: r["value"] for r in rows}, **extra}
+
+
+# --- run against run: base model vs LoRA, or two strengths
+
+
+def reference_photos(data_root: str | Path, categories: Sequence[str]) -> pd.DataFrame:
+    """Readable catalogue photos of `categories` (image_path, articleType): the real examples a
+    category recogniser learns the other classes from."""
+    from shoelib.catalog import image_path_for, read_styles
+
+    root = resolve(data_root)
+    frame = read_styles(root / "styles.csv").frame.drop_duplicates("id")
+    frame = frame[frame["articleType"].isin(categories)]
+    rows = []
+    for r in frame.itertuples():
+        path = image_path_for(root / "images", int(r.id))
+        try:
+            M.open_rgb(path)
+        except Exception:  # missing or broken photos are 01's to report, not a reference
+            continue
+        rows.append({"image_path": str(path), "articleType": r.articleType})
+    return pd.DataFrame(rows, columns=["image_path", "articleType"])
+
+
+@dataclass(frozen=True)
+class CategoryRecogniser:
+    """A linear probe on image features telling the LoRA's category from other article types,
+    trained on real photos only (its accuracy on the real test split is the ceiling)."""
+
+    model: Any
+    category: str
+    classes: tuple[str, ...]
+    real_test_share: float  # share of real test photos of `category` recognised as it
+
+    def share(self, feats: np.ndarray) -> float:
+        if not len(feats):
+            return float("nan")
+        return float(np.mean(self.model.predict(feats) == self.category))
+
+
+def category_recogniser(category: str, category_train: np.ndarray, category_test: np.ndarray,
+                        others: np.ndarray, other_labels: Sequence[str],
+                        seed: int = 0) -> CategoryRecogniser:
+    """Logistic regression over {category} + the other article types, on real features."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x = np.concatenate([category_train, others])
+    y = np.array([category] * len(category_train) + list(other_labels))
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
+    model.fit(x, y)
+    rec = CategoryRecogniser(model, category, tuple(sorted(set(y))), 0.0)
+    return CategoryRecogniser(model, category, rec.classes, rec.share(category_test))
+
+
+@dataclass(frozen=True)
+class RunComparison:
+    """Two synthetic runs measured the same way against the same real photos."""
+
+    table: pd.DataFrame       # measure, run_a, run_b, difference, verdict, n
+    results: list[M.MetricResult]
+
+
+def photo_check_table(frame: pd.DataFrame, thresholds: M.PhotoThresholds | None = None,
+                      desc: str = "photo checks") -> pd.DataFrame:
+    """`measure_photos` of a set plus `colour_match` (dominant colour = the colour asked for or
+    labelled; NaN where that colour has no palette meaning) and `conforms`."""
+    measures = M.measure_photos(list(frame["image_path"]), thresholds or M.PhotoThresholds(),
+                                desc=desc)
+    asked = [M.palette_name(c) for c in frame["colour"]]
+    measures["colour_match"] = [float(a == f) if a is not None else np.nan
+                                for a, f in zip(asked, measures["dominant_colour"], strict=True)]
+    measures["conforms"] = measures["conforming"].astype(float)
+    return measures
+
+
+def compare_runs(name_a: str, feats_a: np.ndarray, checks_a: pd.DataFrame,
+                 name_b: str, feats_b: np.ndarray, checks_b: pd.DataFrame,
+                 real_test: np.ndarray, recogniser: CategoryRecogniser | None,
+                 config: EvalConfig, feature_space: str) -> RunComparison:
+    """KID against real test (mean ± std over subsets), category recognition and the photo
+    checks of run A and run B side by side. A KID difference is called one only when it
+    exceeds twice the combined std of the two; a share only when the two 95 % Wilson intervals
+    do not overlap."""
+    kid_a = M.kid(real_test, feats_a, subsets=config.kid_subsets, min_images=config.min_images,
+                  seed=config.seed, feature_space=feature_space)
+    kid_b = M.kid(real_test, feats_b, subsets=config.kid_subsets, min_images=config.min_images,
+                  seed=config.seed, feature_space=feature_space)
+    rows, results = [], []
+    if kid_a.value is not None and kid_b.value is not None:
+        diff = kid_a.value - kid_b.value
+        combined = float(np.hypot(kid_a.std, kid_b.std))
+        verdict = (f"{name_b} lower" if diff > 2 * combined else
+                   f"{name_a} lower" if -diff > 2 * combined else "no difference beyond 2 std")
+        rows.append({"measure": "KID vs real test", name_a: f"{kid_a.value:.4f} ± {kid_a.std:.4f}",
+                     name_b: f"{kid_b.value:.4f} ± {kid_b.std:.4f}",
+                     "difference (a - b)": round(diff, 4),
+                     "in combined std": round(diff / combined, 1) if combined else None,
+                     "verdict": verdict, "n": f"{len(real_test)} real, {len(feats_a)} / {len(feats_b)}"})
+    for result, run in ((kid_a, name_a), (kid_b, name_b)):
+        results.append(replace(result, name=f"KID ({run})"))
+    shares = []
+    if recogniser is not None:
+        shares.append((f"recognised as {recogniser.category}",
+                       recogniser.share(feats_a), recogniser.share(feats_b), len(feats_a), len(feats_b)))
+    for column, label in (("colour_match", "colour as asked"), ("conforms", "passes photo checks")):
+        if column in checks_a and column in checks_b:
+            a, b = checks_a[column].dropna(), checks_b[column].dropna()
+            shares.append((label, float(a.mean()), float(b.mean()), len(a), len(b)))
+    for label, a, b, n_a, n_b in shares:
+        lo_a, hi_a = wilson_interval(a, n_a)
+        lo_b, hi_b = wilson_interval(b, n_b)
+        verdict = (f"{name_b} higher" if lo_b > hi_a else f"{name_a} higher" if lo_a > hi_b
+                   else "intervals overlap")
+        rows.append({"measure": label, name_a: f"{a:.2f} [{lo_a:.2f}, {hi_a:.2f}]",
+                     name_b: f"{b:.2f} [{lo_b:.2f}, {hi_b:.2f}]", "difference (a - b)": round(a - b, 3),
+                     "in combined std": None, "verdict": verdict, "n": f"{n_a} / {n_b}"})
+        results += [M.MetricResult(f"{label} ({name_a})", a, None, None, n_a, "", "higher"),
+                    M.MetricResult(f"{label} ({name_b})", b, None, None, n_b, "", "higher")]
+    return RunComparison(pd.DataFrame(rows), results)
+
+
+def wilson_interval(share: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion (sensible at small n and at 0 or 1)."""
+    if n == 0 or share != share:
+        return float("nan"), float("nan")
+    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(centre - half), float(centre + half)

@@ -148,6 +148,44 @@ class PixelFeatures:
                 "versions": library_versions()}
 
 
+class EncoderFeatures:
+    """Penultimate-layer embeddings of the image encoder `python -m shoelib.pretrain` trains
+    (a CNN classifying article type and colour on real catalogue photos): a domain-specific
+    feature space for KID, FD and nearest neighbours where no pretrained network is available.
+
+    Images are letterboxed to the encoder's resolution (as in its training) and scaled to [-1, 1].
+    """
+
+    name = "catalog-encoder"
+
+    def __init__(self, folder: str | Path) -> None:
+        from shoelib.pretrain import load_encoder
+
+        self.folder = Path(folder)
+        self.model, self.labels = load_encoder(folder)
+
+    def tensor(self, images: Sequence[Image.Image]):
+        import torch
+
+        from shoelib.images import letterbox
+
+        side = self.model.resolution
+        arrays = [np.asarray(letterbox(im, side), dtype=np.float32) for im in images]
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 127.5 - 1.0
+
+    def __call__(self, images: Sequence[Image.Image]) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            return self.model.embed(self.tensor(images)).double().numpy()
+
+    def describe(self) -> dict[str, Any]:
+        return {"extractor": self.name, "dim": int(self.model.type_head.in_features),
+                "weights": str(self.folder.name),
+                "resize": f"letterbox to {self.model.resolution}x{self.model.resolution} (PIL LANCZOS)",
+                "versions": library_versions()}
+
+
 def library_versions() -> dict[str, str]:
     """Versions of the libraries whose behaviour moves metric values."""
     import PIL

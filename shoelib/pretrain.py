@@ -48,6 +48,7 @@ from shoelib.paths import resolve
 
 ENCODER_WEIGHTS = "encoder.safetensors"
 ENCODER_CONFIG = "encoder_config.json"
+HOLDOUT_CSV = "holdout.csv"  # the held-out photos, in the model folder
 
 
 class PretrainConfigError(ValueError):
@@ -177,7 +178,7 @@ def load_pixels(root: Path, ids: list[int], resolution: int) -> torch.Tensor:
     for i, product_id in enumerate(tqdm(ids, desc="photos", mininterval=2)):
         img = letterbox(open_image(root / "images" / f"{product_id}.jpg", resolution),
                         resolution)
-        out[i] = torch.from_numpy(np.asarray(img)).permute(2, 0, 1)
+        out[i] = torch.from_numpy(np.array(img)).permute(2, 0, 1)
     return out
 
 
@@ -308,6 +309,7 @@ def build_vae(config: PretrainConfig):
 def train_vae(config: PretrainConfig, data: PretrainData, work: Path):
     """Reconstruction MSE + kl_weight * KL, AdamW, cosine decay. Returns (vae, record)."""
     stage = work / "vae"
+    torch.manual_seed(config.seed)  # initial weights from the seed, whatever ran before
     vae = build_vae(config)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -340,7 +342,7 @@ def train_vae(config: PretrainConfig, data: PretrainData, work: Path):
         optimizer.step()
         schedule.step()
         step += 1
-        losses.append(float(mse))
+        losses.append(float(mse.detach()))
         seconds += time.perf_counter() - start
         bar.update(1)
         bar.set_postfix(mse=f"{np.mean(losses[-20:]):.4f}")
@@ -709,13 +711,67 @@ def pretrain(config: PretrainConfig) -> dict:
     encoder, labels, summary["encoder"] = train_encoder(config, data, work)
     save_encoder(encoder, labels, out / config.encoder_name)
     holdout = data.rows.iloc[data.split("holdout")]
-    with atomic_path(work / "holdout.csv") as tmp:
+    with atomic_path(model_dir / HOLDOUT_CSV) as tmp:  # 04 measures the base model on these
         holdout.to_csv(tmp, index=False)
     summary["size_mb"] = {"model": round(folder_megabytes(model_dir), 2),
                           "encoder": round(folder_megabytes(out / config.encoder_name), 2)}
     summary["wall_seconds"] = round(time.perf_counter() - started, 1)
     write_json(work / "pretrain_summary.json", summary)
+    write_model_card(model_dir, summary)
+    for name in ("vae_loss.png", "unet_loss.png", "encoder_loss.png"):
+        shutil.copyfile(work / name, model_dir / name)
     return summary
+
+
+def write_model_card(model_dir: Path, summary: dict) -> Path:
+    """README.md of the model folder: every figure comes from `summary` (this run's)."""
+    c, d, v, u, e = (summary[k] for k in ("config", "data", "vae", "unet", "encoder"))
+    hw = summary["hardware"]
+    text = f"""# {c['model_name']}: a small Stable Diffusion-layout model pretrained on catalogue photos
+
+Trained from scratch by `python -m shoelib.pretrain --config configs/pretrain.yaml --set data_root <folder>`
+where `<folder>` holds the Kaggle layout (`styles.csv` + `images/`). Folder layout and classes are
+Stable Diffusion 1.5's (`AutoencoderKL`, `UNet2DConditionModel` with cross-attention on
+to_q/to_k/to_v/to_out.0, `CLIPTextModel` + `CLIPTokenizer`, `PNDMScheduler` with SD 1.5's noise
+schedule, `model_index.json`), so `shoelib.pipeline.load_pipeline`, LoRA training (05),
+generation (06) and evaluation (07) use it unchanged. Weights are stored as float16.
+
+## Data
+- Source: the Kaggle dataset "Fashion Product Images" (paramaggarwal): {d['photos']:,} photos with a
+  `styles.csv` row, resized to {c['resolution']} px (letterboxed on their own border colour).
+- Left out: {', '.join(c['exclude_categories'])} ({d['excluded_category_rows']} photos: the concept the
+  demo's LoRA learns), and {len(d['rare_types'])} article types with fewer than {c['min_rows_per_type']} photos
+  ({d['rare_type_rows']} photos).
+- {d['article_types']} article types; {d['train']:,} training photos, {d['holdout']:,} held out
+  ({c['holdout_fraction']:.0%} of each type, seed {c['seed']}; listed in `holdout.csv`).
+- Captions: 02's template, `{c['caption_template']}`.
+- Licence and provenance: the photos and labels are the Kaggle dataset's; the licence stated on its
+  Kaggle page applies to them and to these weights, which are derived from them. Check it before
+  redistributing.
+
+## Components and training
+| part | size | training | result |
+|---|---|---|---|
+| tokenizer | {summary['tokenizer']['vocab_size']} tokens | BPE merges for every caption word seen ≥ {c['min_word_count']} times | {summary['tokenizer']['tokens_per_word_holdout']} tokens per word on held-out captions |
+| VAE (`AutoencoderKL`, channels {c['vae_channels']}, 4 latent channels) | {v['parameters']:,} parameters | {v['steps']} steps, batch {c['vae_batch']}, lr {c['vae_lr']}, MSE + {c['vae_kl_weight']} KL, {v['seconds'] / 60:.1f} min | held-out reconstruction MSE {v['holdout_mse']:.4f} (pixels in [-1, 1]); scaling factor {v['scaling_factor']:.4f} (1 / std of the latents) |
+| text encoder (`CLIPTextModel`, width {c['text_hidden']}, {c['text_layers']} layers) | {u['text_encoder_parameters']:,} parameters | {u['text_encoder']} with the UNet | |
+| UNet (`UNet2DConditionModel`, channels {c['unet_channels']}) | {u['unet_parameters']:,} parameters | {u['steps']} steps, batch {c['unet_batch']}, lr {c['unet_lr']} cosine, {c['condition_dropout']:.0%} empty captions, EMA {c['ema_decay']}, {u['seconds'] / 60:.1f} min | final train loss {u['final_train_loss']:.4f}; held-out loss {u['holdout_loss']:.4f} (fixed noise and timesteps) |
+| image encoder (CNN, {e['parameters']:,} parameters, `../{c['encoder_name']}`) | {c['encoder_dim']}-d features | {e['steps']} steps, batch {c['encoder_batch']}, article type + colour, {e['seconds'] / 60:.1f} min | held-out article type accuracy {e['holdout_type_accuracy']:.3f} (majority {e['holdout_type_majority_baseline']:.3f}), colour {e['holdout_colour_accuracy']:.3f} |
+
+Hardware: {hw['machine']} CPU, {hw['cpu_threads']} torch threads, CUDA {'yes' if hw['cuda'] else 'no'},
+torch {hw['torch']}; {summary['wall_seconds'] / 60:.0f} min in all. Size on disk: model
+{summary['size_mb']['model']} MB, encoder {summary['size_mb']['encoder']} MB.
+Loss curves: `vae_loss.png`, `unet_loss.png`, `encoder_loss.png`.
+
+## Limits
+{c['resolution']} px only; a few thousand photos; no perceptual or adversarial VAE loss, so images are
+soft. It stands in for SD 1.5 so that the demo's numbers measure something real; it is not a
+substitute for SD 1.5 on the real job.
+"""
+    path = model_dir / "README.md"
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return path
 
 
 def _hardware() -> dict:

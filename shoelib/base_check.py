@@ -1,0 +1,97 @@
+"""Does the base model work? Prompt it with the captions of photos held out from its
+pretraining, and measure its images and those photos the same way (notebook 04).
+
+A model pretrained by `python -m shoelib.pretrain` ships `holdout.csv` (the held-out photos'
+ids, article types, colours and captions). The measures:
+- the weight-free photo checks of 07 (white background, centred, in frame, plausible size);
+- colour faithfulness (dominant foreground colour = the colour asked for / labelled);
+- article type: the image encoder's type head (trained on real photos) names the type asked for.
+Each is a share with its 95 % Wilson interval, for the generated images and for the real photos.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from shoelib.paths import resolve
+from shoelib.pretrain import HOLDOUT_CSV
+
+
+@dataclass(frozen=True)
+class BaseCheck:
+    table: pd.DataFrame      # measure, generated, real, ratio, n
+    frame: pd.DataFrame      # one row per prompt: caption, asked type/colour, paths, verdicts
+    chance: float            # 1 / number of article types asked for
+    majority: float          # share of the commonest asked type
+
+
+def holdout_prompts(model: str | Path, data_root: str | Path, n: int, seed: int = 0) -> pd.DataFrame | None:
+    """Up to `n` held-out rows whose photo is in `data_root/images`, spread over article types
+    (round robin over types in a seeded order). None when the model has no holdout.csv."""
+    csv = resolve(model) / HOLDOUT_CSV
+    if not csv.exists():
+        return None
+    rows = pd.read_csv(csv)
+    images = resolve(data_root) / "images"
+    rows = rows[[(images / f"{i}.jpg").exists() for i in rows["id"]]].copy()
+    rows["image_path"] = [str(images / f"{i}.jpg") for i in rows["id"]]
+    rng = np.random.default_rng(seed)
+    rows = rows.iloc[rng.permutation(len(rows))]
+    rows["_rank"] = rows.groupby("articleType").cumcount()
+    return rows.sort_values(["_rank", "articleType"]).head(n).drop(columns="_rank").reset_index(drop=True)
+
+
+def type_predictions(paths: list[str], encoder_dir: str | Path) -> list[str]:
+    """The article type the encoder's head names for each image."""
+    import torch
+
+    from shoelib.metrics import EncoderFeatures, open_rgb
+
+    features = EncoderFeatures(resolve(encoder_dir))
+    out = []
+    for start in range(0, len(paths), 64):
+        x = features.tensor([open_rgb(p) for p in paths[start:start + 64]])
+        with torch.no_grad():
+            logits, _ = features.model(x)
+        out += [features.labels["article_types"][i] for i in logits.argmax(1).tolist()]
+    return out
+
+
+def measure(prompts: pd.DataFrame, generated_paths: list[str], encoder_dir: str | Path) -> BaseCheck:
+    """Generated images (one per prompt row, same order) and the real photos, measured alike."""
+    from shoelib.evaluation import photo_check_table, wilson_interval
+
+    real = prompts.assign(colour=prompts["baseColour"])
+    fake = real.assign(image_path=generated_paths)
+    frame = prompts[["id", "articleType", "baseColour", "caption"]].copy()
+    frame["generated_path"] = generated_paths
+    rows = []
+    for label, column in (("passes photo checks", "conforms"), ("colour as asked", "colour_match")):
+        checks_fake = photo_check_table(fake, desc="generated checks")[column]
+        checks_real = photo_check_table(real, desc="real checks")[column]
+        frame[f"{column} (generated)"] = checks_fake.to_numpy()
+        frame[f"{column} (real)"] = checks_real.to_numpy()
+        rows.append((label, checks_fake.dropna(), checks_real.dropna()))
+    asked = list(prompts["articleType"])
+    found_fake = type_predictions(generated_paths, encoder_dir)
+    found_real = type_predictions(list(prompts["image_path"]), encoder_dir)
+    frame["type found (generated)"], frame["type found (real)"] = found_fake, found_real
+    type_fake = pd.Series([float(a == f) for a, f in zip(asked, found_fake, strict=True)])
+    type_real = pd.Series([float(a == f) for a, f in zip(asked, found_real, strict=True)])
+    rows.append(("article type recognised", type_fake, type_real))
+    table = []
+    for label, fake_values, real_values in rows:
+        g, r = float(fake_values.mean()), float(real_values.mean())
+        g_lo, g_hi = wilson_interval(g, len(fake_values))
+        r_lo, r_hi = wilson_interval(r, len(real_values))
+        table.append({"measure": label, "generated": f"{g:.2f} [{g_lo:.2f}, {g_hi:.2f}]",
+                      "real photos": f"{r:.2f} [{r_lo:.2f}, {r_hi:.2f}]",
+                      "generated / real": round(g / r, 2) if r else None,
+                      "n": f"{len(fake_values)} / {len(real_values)}",
+                      "generated_value": g, "real_value": r})
+    counts = pd.Series(asked).value_counts(normalize=True)
+    return BaseCheck(pd.DataFrame(table), frame, 1.0 / len(counts), float(counts.iloc[0]))
