@@ -3,7 +3,7 @@
     plan_config = plan_config_from_split(train_dir, n_images=5000, seed=42)
     gen = GenerateConfig(model="stable-diffusion-v1-5/stable-diffusion-v1-5",
                          lora_path=find_lora("data/full", ""))
-    result = generate(plan_config, gen, RunPaths.from_param("data/full").synthetic / "v1")
+    result = generate(plan_config, gen, RunPaths.from_param("data/full").synthetic_run("v1"))
 
 Layout of a run folder (synthetic/<run_name>/):
 
@@ -782,6 +782,7 @@ def configs_from_params(params: Mapping[str, Any]) -> tuple[PromptPlanConfig, Ge
     (the keys of configs/<profile>.yaml that notebook 06 declares)."""
     p = dict(params)
     paths = RunPaths.from_param(p["output_root"])
+    out_dir = paths.synthetic_run(p["run_name"])  # a bad name fails before any data is read
     plan_config = plan_config_from_split(
         paths.processed(p["category"]) / "train", n_images=int(p["n_images"]), seed=int(p["seed"]),
         colour_distribution=p.get("colour_distribution", "real"),
@@ -796,7 +797,7 @@ def configs_from_params(params: Mapping[str, Any]) -> tuple[PromptPlanConfig, Ge
         batch_size=int(p.get("generation_batch_size", 4)), max_attempts=int(p.get("max_attempts", 3)),
         device=p.get("device", "auto"), dtype=p.get("dtype", "auto"),
         local_config=p.get("local_config"))
-    return plan_config, gen, paths.synthetic / str(p["run_name"])
+    return plan_config, gen, out_dir
 
 
 def main(argv: list[str] | None = None) -> int:
