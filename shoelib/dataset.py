@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from shoelib import report
 from shoelib.images import PREPARATION_VERSION, PrepareConfig, prepare_images
 from shoelib.io import atomic_path, write_json, write_text
 from shoelib.paths import resolve
@@ -720,9 +721,11 @@ def dataset_card(metadata: Mapping[str, Any]) -> str:
     rows = "\n".join(f"| {name} | {counts.get(name, 0):,} |" for name in SPLITS)
     fields = "\n".join(f"- `{{{k}}}`: {column}, {note}" for k, (column, note)
                        in CAPTION_FIELDS.items())
-    category = metadata["category"]
+    # The category is catalogue text: quoted for YAML, escaped for markdown.
+    pretty_name = json.dumps(f"{metadata['category']} product photos ({size}x{size})")
+    category = report.text(metadata["category"])
     return f"""---
-pretty_name: {category} product photos ({size}x{size})
+pretty_name: {pretty_name}
 license: other
 license_name: fashion-product-images-source-terms
 task_categories:
@@ -737,7 +740,7 @@ configs:
 
 # {category}: {size}x{size} product photos with captions
 
-Product photos of the catalogue's `{category}`, letterboxed to {size}x{size} PNG (whole photo
+Product photos of the catalogue's {category}, letterboxed to {size}x{size} PNG (whole photo
 kept, aspect unchanged, padded with the photo's own background colour), one caption each.
 Made by `shoelib.dataset` (notebook 02_prepare_dataset).
 
