@@ -285,8 +285,9 @@ def find_lora(output_root: str | Path, lora_path: str | None = "") -> Path | Non
 
     Raises:
         LoraNotFoundError: nothing usable there; the message says to run 05 or set lora_path.
+        LoraFileError: the file is not a .safetensors file (said now, before a model loads).
     """
-    from shoelib.lora_io import DIFFUSERS_WEIGHT_NAME
+    from shoelib.lora_io import DIFFUSERS_WEIGHT_NAME, read_header
 
     text = "" if lora_path is None else str(lora_path).strip()
     if text.lower() == "none":
@@ -299,6 +300,7 @@ def find_lora(output_root: str | Path, lora_path: str | None = "") -> Path | Non
             raise LoraNotFoundError(
                 f"lora_path={text!r}: {path} does not exist; pass a LoRA .safetensors file "
                 "(or its folder), '' for the one 05_train_lora wrote, or 'none' for the base model")
+        read_header(path)
         return path
     summary = RunPaths.from_param(output_root).lora / "summary.json"
     if not summary.is_file():
@@ -310,6 +312,7 @@ def find_lora(output_root: str | Path, lora_path: str | None = "") -> Path | Non
     if not path.is_file():
         raise LoraNotFoundError(f"{summary} names lora_diffusers={str(path)!r}, which does not "
                                 "exist; rerun 05_train_lora or set lora_path")
+    read_header(path)
     return path
 
 
