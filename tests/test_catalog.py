@@ -67,7 +67,7 @@ def test_a_line_that_is_not_utf8_is_read_as_latin1_and_reported(tmp_path):
     path.write_bytes("\n".join((HEADER, ROWS[0])).encode("utf-8") + b"\n"
                      + ROWS[1].encode("latin-1") + b"\n"
                      + "3,Men,Footwear,Shoes,Casual Shoes,Blue,Fall,2011,Casual,Zoë Men Blue Shoes\n"
-                       .encode("utf-8"))
+                       .encode())
     read = read_styles(path)
     assert read.rows_read == 3  # no row lost
     assert read.latin1_lines == (3,)  # the header is line 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shoelib import generate as G
+from shoelib import run
 from shoelib.evaluation import load_eval_sets
 from shoelib.paths import PathNameError, RunPaths, path_name
 
@@ -40,3 +41,13 @@ def test_generate_and_evaluate_refuse_an_escaping_run_name(tmp_path):
     with pytest.raises(PathNameError, match="run_name="):
         load_eval_sets(tmp_path, "Casual Shoes", "../../esc06")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_06_refuses_a_run_name_that_leaves_output_root(tmp_path, capsys):
+    out = tmp_path / "a" / "b"
+    code = run.main(["--profile", "demo", "--only", "06", "-p", "output_root", str(out),
+                     "-p", "run_name", "../../esc06", "--reports-dir", str(tmp_path / "reports")])
+    assert code == 1
+    assert "PathNameError: run_name='../../esc06' cannot name a folder" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reports"]  # nothing else was written

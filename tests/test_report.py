@@ -1,15 +1,18 @@
-"""Catalogue text reaches the HTML reports as text, never as live HTML."""
+"""Catalogue text reaches the HTML reports as text, never as live HTML; and a catalogue as
+a spreadsheet or an attacker leaves it goes through 01 and 02 without a lost row."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import nbformat
 import pandas as pd
 import pytest
 from nbconvert import HTMLExporter
+from PIL import Image
 
-from shoelib import catalog, dataset, report
+from shoelib import catalog, dataset, report, run
 from shoelib.demo import build_demo_catalog
 
 SCRIPT_NAME = "<script>alert(1)</script> Men Casual Shoes"
@@ -60,29 +63,46 @@ def test_dataset_card_quotes_and_escapes_the_category():
 
 
 @pytest.mark.slow
-def test_reports_from_a_hostile_catalogue_hold_no_live_tag(tmp_path):
-    """01 and 02 run through the runner on a catalogue with HTML in a name and a colour."""
-    from shoelib import run
-
+def test_01_and_02_on_a_hostile_re_saved_catalogue(tmp_path):
+    """HTML in a name and a colour, a byte-order mark, one Latin-1 line and a 1x1 photo:
+    the reports show the text as text, no row is lost and the photo is refused with why."""
     data = build_demo_catalog(tmp_path / "catalog", workers=2)
     lines = (data / "styles.csv").read_text(encoding="utf-8").splitlines()
     header = lines[0].split(",")
-    at = {name: header.index(name) for name in ("articleType", "baseColour", "productDisplayName")}
-    for n, line in enumerate(lines[1:], start=1):
-        fields = line.split(",")
-        if len(fields) == len(header) and fields[at["articleType"]] == "Casual Shoes":
-            fields[at["baseColour"]], fields[at["productDisplayName"]] = IMG_COLOUR, SCRIPT_NAME
-            lines[n] = ",".join(fields)
-            break
-    (data / "styles.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    reports = tmp_path / "reports"
+    at = {c: header.index(c) for c in ("id", "articleType", "baseColour", "productDisplayName")}
+    casual = [n for n, line in enumerate(lines) if len(line.split(",")) == len(header)
+              and line.split(",")[at["articleType"]] == "Casual Shoes"]
+    hostile, accented, tiny = casual[:3]
+    fields = lines[hostile].split(",")
+    fields[at["baseColour"]], fields[at["productDisplayName"]] = IMG_COLOUR, SCRIPT_NAME
+    lines[hostile] = ",".join(fields)
+    fields = lines[accented].split(",")
+    fields[at["productDisplayName"]] = "Café Men Casual Shoes"
+    lines[accented] = ",".join(fields)
+    encoded = [line.encode("latin-1" if n == accented else "utf-8") for n, line in enumerate(lines)]
+    (data / "styles.csv").write_bytes(b"\xef\xbb\xbf" + b"\n".join(encoded) + b"\n")
+    tiny_id = int(lines[tiny].split(",")[at["id"]])
+    Image.new("RGB", (1, 1), (255, 255, 255)).save(data / "images" / f"{tiny_id}.jpg", format="JPEG")
+
+    out, reports = tmp_path / "out", tmp_path / "reports"
     code = run.main(["--profile", "demo", "--only", "01,02", "-p", "data_root", str(data),
-                     "-p", "output_root", str(tmp_path / "out"), "-p", "top_n", "100",
+                     "-p", "output_root", str(out), "-p", "top_n", "100",
                      "--reports-dir", str(reports)])
     assert code == 0
     for name in ("01_analysis", "02_prepare_dataset"):
         html = (reports / f"{name}.html").read_text(encoding="utf-8")
         assert not LIVE_TAG.findall(html), name
         assert "&lt;img src=x onerror=alert(2)&gt;" in html, f"{name} does not show the colour"
-    html = (reports / "01_analysis.html").read_text(encoding="utf-8")
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # the parsed brand, as text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in (reports / "01_analysis.html").read_text()
+
+    summary = json.loads((out / "analysis" / "summary.json").read_text())
+    assert summary["rows_read"] == len(lines) - 1  # the BOM did not cost the header
+    assert summary["latin1_lines"] == [accented + 1]  # 1-based file line
+    assert summary["unreadable_images"][str(tiny_id)] == "too small: 1x1 px, below min_image_side=32"
+    metadata = json.loads((out / "processed" / "casual_shoes" / "metadata.json").read_text())
+    skipped = {r["id"]: r for r in metadata["skipped"]}
+    assert skipped[tiny_id]["reason"] == "image unreadable"
+    train = (out / "processed" / "casual_shoes" / "train" / "metadata.jsonl").read_text(encoding="utf-8")
+    val_test = "".join((out / "processed" / "casual_shoes" / s / "metadata.jsonl").read_text(encoding="utf-8")
+                       for s in ("val", "test"))
+    assert "Café Men Casual Shoes" in train + val_test
