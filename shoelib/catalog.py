@@ -9,16 +9,21 @@ fields back into the name and reports the line numbers instead. `NA` is a real v
 
 from __future__ import annotations
 
+import codecs
 import csv
 import difflib
+import io
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
 from PIL import Image
+
+from shoelib.images import MIN_IMAGE_SIDE, check_min_side, size_problem
 
 REQUIRED_COLUMNS = (
     "id", "gender", "masterCategory", "subCategory", "articleType",
@@ -61,12 +66,23 @@ class StylesRead:
         (surplus fields joined back into the name, or missing trailing fields left empty).
     rows_read: rows in `frame` (data lines; blank lines are not rows).
     short_lines: the subset of `repaired_lines` that had too few fields.
+    latin1_lines: 1-based file line numbers that were not UTF-8 and were read as Latin-1.
     """
 
     frame: pd.DataFrame
     repaired_lines: tuple[int, ...]
     rows_read: int
     short_lines: tuple[int, ...] = ()
+    latin1_lines: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class DecodedText:
+    """styles.csv as text. latin1_lines: 1-based lines that were not valid UTF-8 and were
+    read as Latin-1 (every byte is a Latin-1 character, so nothing is lost or guessed away)."""
+
+    text: str
+    latin1_lines: tuple[int, ...] = ()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,26 +99,56 @@ def read_styles(path: str | Path) -> StylesRead:
         others pandas "string" with pd.NA for empty cells ("NA" stays the string "NA").
     Raises:
         FileNotFoundError: no such file.
-        CatalogError: a required column is missing, or an `id`/`year` cell is not an integer.
+        CatalogError: a required column is missing, an `id`/`year` cell is not an integer,
+            or the file is UTF-16.
     """
     path = Path(path)
     if path.is_dir():
         path = path / "styles.csv"
     if not path.is_file():
         raise FileNotFoundError(f"no styles.csv at {path}; data_root must hold styles.csv and images/")
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle)
-        header = [h.strip() for h in next(reader, [])]
-        missing = [c for c in REQUIRED_COLUMNS if c not in header]
-        if missing:
-            raise CatalogError(
-                f"{path} lacks required column(s) {', '.join(missing)}; "
-                f"its header is {','.join(header)!r}, expected {','.join(REQUIRED_COLUMNS)!r}"
-            )
-        rows, line_numbers, repaired, short = _read_rows(reader, len(header),
-                                                         header.index(NAME_COLUMN))
+    decoded = decode_styles(path)
+    reader = csv.reader(io.StringIO(decoded.text, newline=""))
+    header = [h.strip() for h in next(reader, [])]
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        raise CatalogError(
+            f"{path} lacks required column(s) {', '.join(missing)}; "
+            f"its header is {','.join(header)!r}, expected {','.join(REQUIRED_COLUMNS)!r}"
+        )
+    rows, line_numbers, repaired, short = _read_rows(reader, len(header),
+                                                     header.index(NAME_COLUMN))
     frame = _to_frame(rows, header, line_numbers, path)
-    return StylesRead(frame, tuple(repaired), len(frame), tuple(short))
+    return StylesRead(frame, tuple(repaired), len(frame), tuple(short), decoded.latin1_lines)
+
+
+def decode_styles(path: str | Path) -> DecodedText:
+    """The text of styles.csv, whatever a spreadsheet did to its encoding.
+
+    A UTF-8 byte-order mark (Excel's "CSV UTF-8") is dropped. A line that is not valid UTF-8
+    (one cell saved as Windows-1252 / Latin-1) is read as Latin-1 and reported, not
+    dropped; the fix is to re-save the file as UTF-8.
+
+    Raises:
+        CatalogError: the file is UTF-16 (Excel's "Unicode text").
+    """
+    data = Path(path).read_bytes()
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise CatalogError(f"{path} is UTF-16 text; re-save it as UTF-8 CSV")
+    data = data.removeprefix(codecs.BOM_UTF8)
+    try:
+        return DecodedText(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        pass
+    # Line by line: "\n" is never part of a multi-byte UTF-8 character, so the split is exact.
+    lines, latin1 = [], []
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            lines.append(raw.decode("latin-1"))
+            latin1.append(number)
+    return DecodedText("\n".join(lines), tuple(latin1))
 
 
 def _read_rows(reader, n_fields: int, name_at: int):
@@ -336,7 +382,8 @@ class ImageProbe:
     error: str | None = None
 
 
-def probe_image(path: str | Path, draft_side: int = 256) -> ImageProbe:
+def probe_image(path: str | Path, draft_side: int = 256,
+                min_side: int = MIN_IMAGE_SIDE) -> ImageProbe:
     """Open and fully decode one image file.
 
     A file PIL can open is not necessarily readable: a truncated JPEG opens (the header is
@@ -347,6 +394,8 @@ def probe_image(path: str | Path, draft_side: int = 256) -> ImageProbe:
     Args:
         path: the image file.
         draft_side: JPEGs are decoded at the smallest 1/2^k scale whose sides stay >= this.
+        min_side: a photo whose shorter side is below this is 'unreadable' (too small to
+            show a product), with the reason as its error.
     Returns:
         ImageProbe; width/height/mode are the file's own, not the draft's.
     """
@@ -364,6 +413,8 @@ def probe_image(path: str | Path, draft_side: int = 256) -> ImageProbe:
     except Exception as err:  # any decoder failure means "unreadable"
         return ImageProbe(str(path), "unreadable", *header, n_bytes,
                           error=f"{type(err).__name__}: {err}")
+    if problem := size_problem(header[0], header[1], min_side):
+        return ImageProbe(str(path), "unreadable", *header, n_bytes, error=problem)
     return ImageProbe(str(path), "ok", *header, n_bytes)
 
 
@@ -382,12 +433,14 @@ def image_path_for(images_dir: str | Path, product_id: int) -> Path:
 
 
 def inventory_images(frame: pd.DataFrame, images_dir: str | Path,
-                     workers: int | None = None, progress: bool = True) -> pd.DataFrame:
+                     workers: int | None = None, progress: bool = True,
+                     min_side: int = MIN_IMAGE_SIDE) -> pd.DataFrame:
     """A copy of `frame` with IMAGE_COLUMNS describing each row's image file.
 
     Args:
         frame: rows with an `id` column.
         images_dir: the catalogue's images/ folder (may be absent: every image is 'missing').
+        min_side: `min_image_side`; smaller photos are 'unreadable' (see probe_image).
         workers: decoding threads (Pillow releases the GIL while decoding);
             default: the CPU count.
         progress: show a tqdm progress bar.
@@ -396,10 +449,11 @@ def inventory_images(frame: pd.DataFrame, images_dir: str | Path,
     """
     from tqdm.auto import tqdm
 
+    probe = partial(probe_image, min_side=check_min_side(min_side))
     workers = workers or os.cpu_count() or 1
     paths = [image_path_for(images_dir, i) for i in frame["id"]]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        probes = list(tqdm(pool.map(probe_image, paths), total=len(paths),
+        probes = list(tqdm(pool.map(probe, paths), total=len(paths),
                            desc="decoding images", unit="img", disable=not progress))
     out = frame.copy()
     out["image_path"] = pd.Series([p.path for p in probes], index=out.index, dtype="object")

@@ -30,7 +30,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from shoelib.images import PREPARATION_VERSION, PrepareConfig, prepare_images
+from shoelib import report
+from shoelib.images import (
+    MIN_IMAGE_SIDE,
+    PREPARATION_VERSION,
+    PrepareConfig,
+    prepare_images,
+    size_problem,
+)
 from shoelib.io import atomic_path, write_json, write_text
 from shoelib.paths import resolve
 
@@ -123,6 +130,7 @@ class DatasetConfig:
     split: SplitConfig.
     workers: image-preparation processes; 0 = one per CPU.
     png_compress_level: zlib level 0-9 (pixels identical; 1 is fast, 6 smaller).
+    min_image_side: photos whose shorter side is below this (px) are skipped as unreadable.
     """
 
     category: str
@@ -131,13 +139,15 @@ class DatasetConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     workers: int = 0
     png_compress_level: int = 1
+    min_image_side: int = MIN_IMAGE_SIDE
 
     def __post_init__(self) -> None:
         check_template(self.caption_template)
-        self.prepare_config()  # validates image_size and png_compress_level
+        self.prepare_config()  # validates image_size, png_compress_level and min_image_side
 
     def prepare_config(self) -> PrepareConfig:
-        return PrepareConfig(size=self.image_size, compress_level=self.png_compress_level)
+        return PrepareConfig(size=self.image_size, compress_level=self.png_compress_level,
+                             min_side=self.min_image_side)
 
     def parameters(self) -> dict[str, Any]:
         """The settings as recorded in metadata.json."""
@@ -147,7 +157,7 @@ class DatasetConfig:
             "split_fractions": list(self.split.fractions),
             "min_class_rows": self.split.min_class_rows, "seed": self.split.seed,
             "stratify_column": self.split.column, "png_compress_level": self.png_compress_level,
-            "preparation_version": PREPARATION_VERSION,
+            "min_image_side": self.min_image_side, "preparation_version": PREPARATION_VERSION,
         }
 
 
@@ -175,24 +185,36 @@ def load_category_table(path: str | Path) -> pd.DataFrame:
     return table
 
 
-def select_usable(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+def select_usable(table: pd.DataFrame, min_image_side: int = MIN_IMAGE_SIDE
+                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Rows whose image can be prepared, and the others with the reason.
 
     Args:
         table: rows with `id`, `image_status` ('ok' | 'missing' | 'unreadable'), `image_path`,
-            optionally `is_test_row` (placeholder products such as "test dispName").
+            optionally `image_width`/`image_height` and `is_test_row` (placeholder products
+            such as "test dispName").
+        min_image_side: an 'ok' photo whose shorter side is below this is unreadable here
+            too, when 01 ran with a smaller limit.
     Returns:
         (usable, skipped): usable keeps table's columns; skipped has `id`, `reason`
         ('image missing', 'image unreadable', 'test row', 'duplicate id'), `detail`.
     """
     status = table["image_status"].astype("object").fillna("missing")
+    detail = (table["image_error"].astype("object") if "image_error" in table.columns
+              else pd.Series(None, index=table.index, dtype="object"))
+    if {"image_width", "image_height"} <= set(table.columns):
+        sizes = zip(table["image_width"], table["image_height"], strict=True)
+        small = pd.Series([size_problem(int(w), int(h), min_image_side)
+                           if s == "ok" and pd.notna(w) and pd.notna(h) else None
+                           for s, (w, h) in zip(status, sizes, strict=True)],
+                          index=table.index, dtype="object")
+        status = status.where(small.isna(), "unreadable")
+        detail = detail.where(small.isna(), small)
     reason = status.map(lambda s: IMAGE_REASONS.get(s, f"image {s}") if s != "ok" else None)
     if "is_test_row" in table.columns:
         reason = reason.where(~table["is_test_row"].fillna(False).astype(bool), "test row")
     # A second row of an id would write the same <id>.png: the first one wins.
     reason = reason.where(~table["id"].duplicated(keep="first"), "duplicate id")
-    detail = (table["image_error"].astype("object") if "image_error" in table.columns
-              else pd.Series(None, index=table.index, dtype="object"))
     skipped = pd.DataFrame({"id": table["id"], "reason": reason, "detail": detail})
     skipped = skipped[reason.notna()].reset_index(drop=True)
     skipped["detail"] = skipped["detail"].where(skipped["detail"].notna(), None)
@@ -443,7 +465,7 @@ def plan_dataset(table: pd.DataFrame, config: DatasetConfig) -> DatasetPlan:
     Raises:
         DatasetError: no row of the table has a usable image.
     """
-    usable, skipped = select_usable(table)
+    usable, skipped = select_usable(table, config.min_image_side)
     if usable.empty:
         reasons = skipped["reason"].value_counts().to_dict()
         raise DatasetError(
@@ -720,9 +742,11 @@ def dataset_card(metadata: Mapping[str, Any]) -> str:
     rows = "\n".join(f"| {name} | {counts.get(name, 0):,} |" for name in SPLITS)
     fields = "\n".join(f"- `{{{k}}}`: {column}, {note}" for k, (column, note)
                        in CAPTION_FIELDS.items())
-    category = metadata["category"]
+    # The category is catalogue text: quoted for YAML, escaped for markdown.
+    pretty_name = json.dumps(f"{metadata['category']} product photos ({size}x{size})")
+    category = report.text(metadata["category"])
     return f"""---
-pretty_name: {category} product photos ({size}x{size})
+pretty_name: {pretty_name}
 license: other
 license_name: fashion-product-images-source-terms
 task_categories:
@@ -737,7 +761,7 @@ configs:
 
 # {category}: {size}x{size} product photos with captions
 
-Product photos of the catalogue's `{category}`, letterboxed to {size}x{size} PNG (whole photo
+Product photos of the catalogue's {category}, letterboxed to {size}x{size} PNG (whole photo
 kept, aspect unchanged, padded with the photo's own background colour), one caption each.
 Made by `shoelib.dataset` (notebook 02_prepare_dataset).
 

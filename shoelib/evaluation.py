@@ -95,11 +95,12 @@ def load_eval_sets(output_root: str | Path, category: str, run_name: str) -> Eva
     from shoelib.generate import EmptyRunError, read_run
 
     paths = RunPaths.from_param(output_root)
+    run_dir = paths.synthetic_run(run_name)  # a bad name fails before any data is read
     train = read_split(paths.processed(category) / "train")
     test = read_split(paths.processed(category) / "test")
     notes: list[str] = []
     try:
-        run = read_run(paths.synthetic / run_name)
+        run = read_run(run_dir)
         synthetic, summary = run.frame, run.summary
         notes += list(run.notes)
     except EmptyRunError as err:

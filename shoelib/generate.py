@@ -3,7 +3,7 @@
     plan_config = plan_config_from_split(train_dir, n_images=5000, seed=42)
     gen = GenerateConfig(model="stable-diffusion-v1-5/stable-diffusion-v1-5",
                          lora_path=find_lora("data/full", ""))
-    result = generate(plan_config, gen, RunPaths.from_param("data/full").synthetic / "v1")
+    result = generate(plan_config, gen, RunPaths.from_param("data/full").synthetic_run("v1"))
 
 Layout of a run folder (synthetic/<run_name>/):
 
@@ -285,8 +285,9 @@ def find_lora(output_root: str | Path, lora_path: str | None = "") -> Path | Non
 
     Raises:
         LoraNotFoundError: nothing usable there; the message says to run 05 or set lora_path.
+        LoraFileError: the file is not a .safetensors file (said now, before a model loads).
     """
-    from shoelib.lora_io import DIFFUSERS_WEIGHT_NAME
+    from shoelib.lora_io import DIFFUSERS_WEIGHT_NAME, read_header
 
     text = "" if lora_path is None else str(lora_path).strip()
     if text.lower() == "none":
@@ -299,6 +300,7 @@ def find_lora(output_root: str | Path, lora_path: str | None = "") -> Path | Non
             raise LoraNotFoundError(
                 f"lora_path={text!r}: {path} does not exist; pass a LoRA .safetensors file "
                 "(or its folder), '' for the one 05_train_lora wrote, or 'none' for the base model")
+        read_header(path)
         return path
     summary = RunPaths.from_param(output_root).lora / "summary.json"
     if not summary.is_file():
@@ -310,6 +312,7 @@ def find_lora(output_root: str | Path, lora_path: str | None = "") -> Path | Non
     if not path.is_file():
         raise LoraNotFoundError(f"{summary} names lora_diffusers={str(path)!r}, which does not "
                                 "exist; rerun 05_train_lora or set lora_path")
+    read_header(path)
     return path
 
 
@@ -782,6 +785,7 @@ def configs_from_params(params: Mapping[str, Any]) -> tuple[PromptPlanConfig, Ge
     (the keys of configs/<profile>.yaml that notebook 06 declares)."""
     p = dict(params)
     paths = RunPaths.from_param(p["output_root"])
+    out_dir = paths.synthetic_run(p["run_name"])  # a bad name fails before any data is read
     plan_config = plan_config_from_split(
         paths.processed(p["category"]) / "train", n_images=int(p["n_images"]), seed=int(p["seed"]),
         colour_distribution=p.get("colour_distribution", "real"),
@@ -796,7 +800,7 @@ def configs_from_params(params: Mapping[str, Any]) -> tuple[PromptPlanConfig, Ge
         batch_size=int(p.get("generation_batch_size", 4)), max_attempts=int(p.get("max_attempts", 3)),
         device=p.get("device", "auto"), dtype=p.get("dtype", "auto"),
         local_config=p.get("local_config"))
-    return plan_config, gen, paths.synthetic / str(p["run_name"])
+    return plan_config, gen, out_dir
 
 
 def main(argv: list[str] | None = None) -> int:

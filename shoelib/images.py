@@ -36,6 +36,26 @@ class ImageConfigError(ValueError):
     """An invalid preparation setting (size, compression level)."""
 
 
+# A photo whose shorter side is below this is a placeholder or a broken thumbnail, not a
+# product: a 1x1 pixel would become a flat 512x512 square captioned as a shoe.
+MIN_IMAGE_SIDE = 32
+
+
+def check_min_side(min_side: object) -> int:
+    """`min_image_side` as given, or ImageConfigError naming it and the fix."""
+    if isinstance(min_side, bool) or not isinstance(min_side, int) or min_side < 1:
+        raise ImageConfigError(f"min_image_side={min_side!r} must be a whole number of pixels "
+                               f">= 1; use e.g. {MIN_IMAGE_SIDE}")
+    return min_side
+
+
+def size_problem(width: int, height: int, min_side: int) -> str | None:
+    """Why a width x height photo is too small to use, or None. The one rule for 01 and 02."""
+    if min(width, height) < min_side:
+        return f"too small: {width}x{height} px, below min_image_side={min_side}"
+    return None
+
+
 @dataclass(frozen=True)
 class PrepareConfig:
     """How a photo becomes a training image.
@@ -45,13 +65,16 @@ class PrepareConfig:
         several times faster than Pillow's default 6 for files about 10-20 % larger, and
         decoding speed hardly depends on it (see benchmarks/bench_prepare.py).
     draft: decode JPEGs at reduced scale (see module docstring); False = full decode.
+    min_side: photos whose shorter side is below this are refused as unreadable.
     """
 
     size: int = 512
     compress_level: int = 1
     draft: bool = True
+    min_side: int = MIN_IMAGE_SIDE
 
     def __post_init__(self) -> None:
+        check_min_side(self.min_side)
         if not isinstance(self.size, int) or self.size < 8:
             raise ImageConfigError(f"image_size={self.size!r} is too small; use e.g. 512")
         if self.compress_level not in range(10):
@@ -217,10 +240,12 @@ def prepare_image(src: str | Path, dst: str | Path,
         config: size, PNG level, draft decoding.
     Returns:
         PreparedImage; status 'unreadable' (with the error) for a file that cannot be
-        decoded, in which case nothing is written. Write errors (disk full) do raise.
+        decoded or is below `config.min_side`, in which case nothing is written. Write errors (disk full) do raise.
     """
     try:
         img, source_size, source_mode = _decode(src, config.size if config.draft else None)
+        if problem := size_problem(*source_size, config.min_side):
+            return PreparedImage(str(src), str(dst), "unreadable", problem, source_size, source_mode)
         square = letterbox(img, config.size)
     except Exception as err:  # any decoder failure is a property of the data, not a crash
         return PreparedImage(str(src), str(dst), "unreadable", f"{type(err).__name__}: {err}")

@@ -18,11 +18,12 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from shoelib.io import atomic_path
@@ -34,6 +35,10 @@ ADAPTER_NAME = "default"  # PEFT's name for the adapter `add_adapter` creates
 
 class LoraMismatchError(ValueError):
     """A LoRA file whose layers do not exist, or have other shapes, in the model."""
+
+
+class LoraFileError(ValueError):
+    """A file given as a LoRA that is not a readable .safetensors file."""
 
 
 # --- saving
@@ -128,9 +133,28 @@ def save_kohya_lora(unet, alpha: float, path: str | Path,
     return Path(path)
 
 
+@contextmanager
+def _open(path: str | Path) -> Iterator:
+    """safe_open for a LoRA file; a file that is not safetensors (text, a .ckpt, a truncated
+    download) is named with the fix, instead of safetensors' "header too large"."""
+    try:
+        handle = safe_open(str(path), framework="pt")
+    except SafetensorError as err:
+        raise LoraFileError(
+            f"{path} is not a LoRA: it cannot be read as a .safetensors file ({err}); pass the "
+            f"{DIFFUSERS_WEIGHT_NAME} or lora_kohya.safetensors that 05_train_lora wrote, or "
+            "a LoRA .safetensors from diffusers or kohya's scripts") from None
+    with handle as f:
+        yield f
+
+
 def read_header(path: str | Path) -> dict[str, str]:
-    """The safetensors header metadata of a LoRA file (empty dict if none)."""
-    with safe_open(str(path), framework="pt") as f:
+    """The safetensors header metadata of a LoRA file (empty dict if none).
+
+    Raises:
+        LoraFileError: the file is not a safetensors file.
+    """
+    with _open(path) as f:
         return dict(f.metadata() or {})
 
 
@@ -141,7 +165,7 @@ def lora_fingerprint(path: str | Path) -> str:
     every process, so the same LoRA saved twice differs byte for byte.
     """
     digest = hashlib.sha256()
-    with safe_open(str(path), framework="pt") as f:
+    with _open(path) as f:
         digest.update(json.dumps(f.metadata() or {}, sort_keys=True).encode())
         for key in sorted(f.keys()):
             tensor = f.get_tensor(key).contiguous()
@@ -163,7 +187,7 @@ def _lora_layers(path: Path, components: Mapping[str, torch.nn.Module]
                  ) -> dict[tuple[str, str], dict[str, tuple[int, ...]]]:
     """{(component, module path or kohya name): {"down": shape, "up": shape}} of a LoRA file."""
     layers: dict[tuple[str, str], dict[str, tuple[int, ...]]] = {}
-    with safe_open(str(path), framework="pt") as f:
+    with _open(path) as f:
         for key in f.keys():
             shape = tuple(f.get_slice(key).get_shape())
             if m := _DIFFUSERS_KEY.match(key):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,38 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 
 
+class PathNameError(ValueError):
+    """A parameter that would become a file or folder name but cannot be one safely."""
+
+
+# One name, never a path: no separator, no "." or ".." (the first character is a letter or
+# digit), nothing a shell or another OS would read specially.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def path_name(param: str, value: object, derive: Callable[[str], str] | None = None) -> str:
+    """`value` (or `derive(value)`, e.g. its slug) checked as one file/folder name, so that a
+    parameter can never place anything outside its parent folder and so outside `output_root`.
+
+    Args:
+        param: the parameter the user set, named in the error.
+        value: what the user set.
+        derive: how the name is made from `value`; None: `value` is the name.
+    Raises:
+        PathNameError: not text or a whole number, or a name that is empty, holds a path separator, starts with
+            "." or has characters other than letters, digits, ".", "_" and "-".
+    """
+    # A number is fine (`-p run_name 2` arrives as an int); anything else is not a name.
+    text = str(value) if isinstance(value, str | int) and not isinstance(value, bool) else None
+    name = (derive(text) if derive else text) if text is not None else None
+    if name is None or not _NAME.fullmatch(name):
+        rule = ("needs 1-128 letters or digits" if derive else
+                "use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit "
+                "(no '/' and no '..'), e.g. 'demo_2'")
+        raise PathNameError(f"{param}={value!r} cannot name a folder: {rule}")
+    return name
+
+
 @dataclass(frozen=True)
 class RunPaths:
     """The folders one run writes, all under `output_root`."""
@@ -44,7 +77,7 @@ class RunPaths:
         return self.root / "analysis"
 
     def processed(self, category: str) -> Path:
-        return self.root / "processed" / slug(category)
+        return self.root / "processed" / path_name("category", category, slug)
 
     @property
     def env(self) -> Path:
@@ -61,6 +94,10 @@ class RunPaths:
     @property
     def synthetic(self) -> Path:
         return self.root / "synthetic"
+
+    def synthetic_run(self, run_name: str) -> Path:
+        """synthetic/<run_name>/: one run of 06, the run 07 evaluates."""
+        return self.synthetic / path_name("run_name", run_name)
 
     @property
     def evaluation(self) -> Path:

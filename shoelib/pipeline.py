@@ -10,6 +10,7 @@ generate images that are checked for the failures half precision causes (NaN, bl
 
 from __future__ import annotations
 
+import math
 import re
 import statistics
 import time
@@ -198,6 +199,23 @@ def _from_hub(repo_id: str, dtype: torch.dtype, components: dict):
 
 # --- generation settings
 
+def resolution_problem(resolution: object) -> str | None:
+    """What is wrong with an image side for SD (training and generation alike), or None.
+
+    The rule: a whole number of pixels, a positive multiple of 8 (the VAE downsamples 8x). The
+    hint is the nearest such side (halfway values go up), so 100 suggests 104 everywhere.
+    """
+    if isinstance(resolution, int) and not isinstance(resolution, bool) \
+            and resolution >= 8 and resolution % 8 == 0:
+        return None
+    if isinstance(resolution, int | float) and not isinstance(resolution, bool) \
+            and math.isfinite(resolution):
+        fix = max(8, 8 * math.floor(resolution / 8 + 0.5))
+    else:
+        fix = 512  # not a number at all: SD 1.5's own side
+    return f"resolution={resolution!r} is not a positive multiple of 8; use {fix}"
+
+
 def check_generation_settings(resolution: int, steps: int, guidance_scale: float = 7.5) -> None:
     """Raise GenerationSettingsError for values the pipeline would reject or mishandle.
 
@@ -206,13 +224,8 @@ def check_generation_settings(resolution: int, steps: int, guidance_scale: float
         steps: denoising steps, >= 1.
         guidance_scale: classifier-free guidance weight, >= 0 (<= 1 disables guidance).
     """
-    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 8 \
-            or resolution % 8:
-        # SD's UNet halves the 8x-downsampled latents three more times: multiples of 64 are
-        # the sizes it handles without padding.
-        fix = max(64, 64 * round(resolution / 64)) if isinstance(resolution, int | float) else 512
-        raise GenerationSettingsError(
-            f"resolution={resolution!r} is not a positive multiple of 8; use {fix}")
+    if problem := resolution_problem(resolution):
+        raise GenerationSettingsError(problem)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
         raise GenerationSettingsError(f"inference_steps={steps!r} must be a whole number >= 1; "
                                       "use e.g. 30 (real model) or 4 (tiny demo model)")

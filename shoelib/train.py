@@ -53,6 +53,7 @@ from shoelib.lora_io import (
     save_kohya_lora,
 )
 from shoelib.paths import resolve
+from shoelib.pipeline import resolution_problem
 
 KOHYA_WEIGHT_NAME = "lora_kohya.safetensors"
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine",
@@ -150,9 +151,8 @@ def check_config(c: TrainConfig) -> None:
         return isinstance(x, int) and not isinstance(x, bool)
 
     _require(bool(c.model.strip()), "model='' is empty; pass a hub id or a diffusers folder")
-    _require(whole(c.resolution) and c.resolution >= 8 and c.resolution % 8 == 0,
-             f"resolution={c.resolution!r} is not a positive multiple of 8; use "
-             f"{max(8, 8 * round(c.resolution / 8)) if isinstance(c.resolution, int | float) else 512}")
+    problem = resolution_problem(c.resolution)
+    _require(problem is None, problem or "")
     for name, example in (("max_train_steps", 3000), ("lora_rank", 8), ("train_batch_size", 2),
                           ("gradient_accumulation_steps", 8), ("validation_inference_steps", 30),
                           ("checkpoints_to_keep", 2)):

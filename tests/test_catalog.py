@@ -50,6 +50,39 @@ def test_surplus_fields_are_joined_back_into_the_name(tmp_path):
     assert read.frame["usage"].tolist() == ["Casual"] * 3  # fields before the name untouched
 
 
+ROWS = ("1,Men,Footwear,Shoes,Casual Shoes,Black,Fall,2011,Casual,Puma Men Black Shoes",
+        "2,Women,Footwear,Shoes,Casual Shoes,White,Fall,2012,Casual,Café Women White Shoes")
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
+    path = tmp_path / "styles.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join((HEADER, *ROWS)).encode("utf-8") + b"\r\n")
+    read = read_styles(path)
+    assert read.frame["id"].tolist() == [1, 2] and read.latin1_lines == ()
+    assert read.frame["productDisplayName"].tolist()[1] == "Café Women White Shoes"
+
+
+def test_a_line_that_is_not_utf8_is_read_as_latin1_and_reported(tmp_path):
+    path = tmp_path / "styles.csv"
+    path.write_bytes("\n".join((HEADER, ROWS[0])).encode("utf-8") + b"\n"
+                     + ROWS[1].encode("latin-1") + b"\n"
+                     + "3,Men,Footwear,Shoes,Casual Shoes,Blue,Fall,2011,Casual,Zoë Men Blue Shoes\n"
+                       .encode())
+    read = read_styles(path)
+    assert read.rows_read == 3  # no row lost
+    assert read.latin1_lines == (3,)  # the header is line 1
+    assert read.frame["productDisplayName"].tolist()[1:] == ["Café Women White Shoes",
+                                                            "Zoë Men Blue Shoes"]
+    assert catalog.decode_styles(path).text.split("\n")[2] == ROWS[1]
+
+
+def test_a_utf16_file_is_refused_with_the_fix(tmp_path):
+    path = tmp_path / "styles.csv"
+    path.write_bytes("\n".join((HEADER, *ROWS)).encode("utf-16"))
+    with pytest.raises(CatalogError, match=r"styles\.csv is UTF-16 text; re-save it as UTF-8 CSV$"):
+        read_styles(path)
+
+
 def test_line_with_too_few_fields_is_kept_and_reported(tmp_path):
     path = write_csv(
         tmp_path / "styles.csv",
@@ -321,3 +354,19 @@ def test_notebook_01_on_real_sample(real_sample_dir, tmp_path):
     assert (cat["usage"] == "NA").sum() == (summary["usage_counts"].get("NA", 0))
     assert len(pd.read_parquet(analysis / "catalog.parquet")) == 44_446
     assert (tmp_path / "reports" / "01_analysis.html").is_file()
+
+
+def test_a_photo_below_min_side_is_unreadable_in_the_inventory(tmp_path):
+    images_dir = tmp_path / "images"
+    images_dir.mkdir()
+    Image.new("RGB", (1, 1), (255, 255, 255)).save(images_dir / "1.jpg", format="JPEG")
+    Image.new("RGB", (60, 80), (20, 20, 20)).save(images_dir / "2.jpg", format="JPEG")
+    frame = pd.DataFrame({"id": [1, 2]})
+    inventory = catalog.inventory_images(frame, images_dir, progress=False, min_side=32)
+    assert inventory["image_status"].tolist() == ["unreadable", "ok"]
+    assert inventory["image_error"].tolist()[0] == "too small: 1x1 px, below min_image_side=32"
+    assert inventory["image_width"].tolist() == [1, 60]  # the file's size is still reported
+    lenient = catalog.inventory_images(frame, images_dir, progress=False, min_side=1)
+    assert lenient["image_status"].tolist() == ["ok", "ok"]
+    with pytest.raises(ValueError, match="^min_image_side=0 must be a whole number"):
+        catalog.inventory_images(frame, images_dir, progress=False, min_side=0)

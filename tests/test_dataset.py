@@ -87,6 +87,21 @@ def test_select_usable_gives_a_reason_for_every_skipped_row():
     assert len(usable) + len(skipped) == len(rows)
 
 
+def test_a_photo_below_min_image_side_is_skipped_as_unreadable_with_the_reason():
+    rows = catalogue_rows({"Black": 3})
+    rows["image_width"] = pd.array([1, 40, 1800], "Int64")
+    rows["image_height"] = pd.array([1, 31, 2400], "Int64")
+    usable, skipped = dataset.select_usable(rows, min_image_side=32)
+    assert usable["id"].tolist() == [1002]
+    assert skipped["reason"].tolist() == ["image unreadable"] * 2
+    assert skipped["detail"].tolist() == ["too small: 1x1 px, below min_image_side=32",
+                                          "too small: 40x31 px, below min_image_side=32"]
+    plan = dataset.plan_dataset(rows, config(min_image_side=1))
+    assert len(plan.rows) == 3 and plan.skipped.empty  # the limit is the parameter's
+    with pytest.raises(ValueError, match="^min_image_side=0 must be a whole number"):
+        config(min_image_side=0)
+
+
 # ---------------------------------------------------------------------------------------------
 # splits
 

@@ -17,6 +17,7 @@ import yaml
 from PIL import Image
 
 from shoelib import generate as G
+from shoelib.lora_io import LoraFileError
 from shoelib.paths import PROJECT_ROOT, RunPaths
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -157,6 +158,11 @@ def test_find_lora_says_to_run_05_or_set_lora_path(tmp_path, tiny_lora):
     (tmp_path / "lora").mkdir()
     (tmp_path / "lora" / "summary.json").write_text(json.dumps({"lora_diffusers": str(tiny_lora)}))
     assert G.find_lora(tmp_path, "") == tiny_lora
+    # Not a LoRA at all: said when the settings are read, before any model is loaded.
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_text("not a lora\n" * 50)
+    with pytest.raises(LoraFileError, match=f"^{garbage} is not a LoRA"):
+        G.find_lora(tmp_path, str(garbage))
 
 
 def test_lora_of_another_base_model_is_refused_clearly(tiny_sd_dir, tmp_path):

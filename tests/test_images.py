@@ -220,3 +220,21 @@ def test_bad_settings_name_the_value_and_the_fix():
         PrepareConfig(size=4)
     with pytest.raises(ValueError, match=r"png_compress_level=12 is not 0-9"):
         PrepareConfig(compress_level=12)
+
+
+def test_a_photo_below_min_side_is_refused_with_the_reason(tmp_path):
+    for side in (1, 31, 32):
+        Image.new("RGB", (side, 40), (200, 30, 30)).save(tmp_path / f"{side}.png")
+    tiny = prepare_image(tmp_path / "1.png", tmp_path / "out" / "1.png", PrepareConfig(size=64))
+    assert tiny.status == "unreadable" and not (tmp_path / "out" / "1.png").exists()
+    assert tiny.error == "too small: 1x40 px, below min_image_side=32"
+    assert prepare_image(tmp_path / "31.png", tmp_path / "out" / "31.png").status == "unreadable"
+    assert prepare_image(tmp_path / "32.png", tmp_path / "out" / "32.png").status == "ok"
+    lenient = PrepareConfig(size=64, min_side=1)
+    assert prepare_image(tmp_path / "1.png", tmp_path / "out" / "1.png", lenient).status == "ok"
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.5, "32", True])
+def test_min_image_side_must_be_a_whole_number_of_pixels(value):
+    with pytest.raises(images.ImageConfigError, match=rf"^min_image_side={value!r} must be a whole"):
+        PrepareConfig(min_side=value)

@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from shoelib.lora_io import (
     DIFFUSERS_WEIGHT_NAME,
     LORA_TARGET_MODULES,
+    LoraFileError,
     LoraMismatchError,
     apply_lora,
     check_lora_fits,
@@ -171,6 +172,18 @@ def test_check_lora_fits_rejects_layers_the_model_lacks(tiny_sd_dir, exported, t
 def test_apply_lora_missing_file(tiny_sd_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         apply_lora(load_pipe(tiny_sd_dir), tmp_path / "nope.safetensors")
+
+
+@pytest.mark.parametrize("content", [b"not a lora, just text\n" * 40, b"\x80\x02}q\x00.", b""])
+def test_a_file_that_is_not_safetensors_is_named_as_not_a_lora(tiny_sd_dir, tmp_path, content):
+    path = tmp_path / "garbage.safetensors"
+    path.write_bytes(content)
+    pipe = load_pipe(tiny_sd_dir)
+    for call in (lambda: read_header(path), lambda: lora_fingerprint(path),
+                 lambda: check_lora_fits(path, {"unet": pipe.unet}), lambda: apply_lora(pipe, path)):
+        with pytest.raises(LoraFileError, match=rf"^{path} is not a LoRA: it cannot be read as a "
+                                                r"\.safetensors file \(.+\); pass the "):
+            call()
 
 
 def test_to_kohya_pairs_every_module():

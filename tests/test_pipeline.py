@@ -234,7 +234,7 @@ def test_hub_id_offline_without_cache_explains_how_to_download(tmp_path):
 
 
 @pytest.mark.parametrize(("kwargs", "words"), [
-    ({"resolution": 500, "steps": 4}, "resolution=500 is not a positive multiple of 8; use 512"),
+    ({"resolution": 500, "steps": 4}, "resolution=500 is not a positive multiple of 8; use 504"),
     ({"resolution": 0, "steps": 4}, "resolution=0"),
     ({"resolution": 64.0, "steps": 4}, "resolution=64.0"),
     ({"resolution": 64, "steps": 0}, "inference_steps=0 must be a whole number >= 1"),
@@ -501,3 +501,17 @@ def test_timing_summary_separates_the_first_image():
                                                     "n": 4}
     assert timing_summary([4.0])["seconds_steady"] is None
     assert timing_summary([])["n"] == 0
+
+
+@pytest.mark.parametrize(("resolution", "fix"), [(100, 104), (500, 504), (3, 8), (61.5, 64),
+                                                  ("abc", 512), (float("nan"), 512)])
+def test_training_and_generation_give_one_resolution_hint(resolution, fix, tmp_path):
+    from shoelib.train import TrainConfig, TrainConfigError
+
+    with pytest.raises(GenerationSettingsError) as generation:
+        check_generation_settings(resolution=resolution, steps=4)
+    with pytest.raises(TrainConfigError) as training:
+        TrainConfig(model="m", train_dir=str(tmp_path), output_dir=str(tmp_path),
+                    cache_dir=str(tmp_path), resolution=resolution)
+    assert str(generation.value) == str(training.value)
+    assert str(generation.value) == f"resolution={resolution!r} is not a positive multiple of 8; use {fix}"

@@ -89,7 +89,7 @@ def trained(tiny_sd_dir, data, tmp_path_factory):
 @pytest.mark.parametrize("field,value,words", [
     ("lora_rank", 0, "lora_rank=0"), ("lora_alpha", 0, "lora_alpha=0"),
     ("learning_rate", -1e-4, "learning_rate=-0.0001"), ("max_train_steps", 0, "max_train_steps=0"),
-    ("resolution", 500, "resolution=500 is not a positive multiple of 8; use 496"),
+    ("resolution", 500, "resolution=500 is not a positive multiple of 8; use 504"),
     ("caption_dropout", 1.0, "caption_dropout=1.0"), ("lr_scheduler", "cosin", "cosine"),
     ("lr_warmup_steps", 10, "lr_warmup_steps=10 >= max_train_steps=6"),
 ])
