@@ -27,6 +27,7 @@ def test_parameters_cell_is_flat_literals_with_comments(step):
     nb = nbformat.read(step.path, as_version=4)
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1, f"{step.name}: {len(tagged)} cells tagged 'parameters'"
+    names = set()
     for line in tagged[0].source.splitlines():
         if not line.strip() or line.lstrip().startswith("#"):
             continue
@@ -35,6 +36,10 @@ def test_parameters_cell_is_flat_literals_with_comments(step):
         node = ast.parse(code).body[0]
         assert isinstance(node, ast.Assign), f"{step.name}: not an assignment: {line!r}"
         ast.literal_eval(node.value)  # flat literal, no expressions
+        names.add(node.targets[0].id)
+    # papermill skips a line with a second "=" (e.g. in its comment) with only a log warning:
+    # the parameter would silently never be injected
+    assert run.declared_parameters(step) == names, f"{step.name}: papermill cannot read every line"
 
 
 @pytest.mark.parametrize("profile", sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml")))
