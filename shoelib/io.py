@@ -57,3 +57,27 @@ def _to_jsonable(obj: Any) -> Any:
     if hasattr(obj, "tolist"):  # numpy / torch scalars and arrays
         return obj.tolist()
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def append_line(path: str | Path, line: str) -> Path:
+    """Append one line to a log file in a single write, flushed to disk before returning.
+
+    A crash can lose at most the line being written, never an earlier one. If the file does
+    not end with a newline (a previous write was cut off), one is written first, so the new
+    line never glues onto a broken one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = line.rstrip("\n").encode("utf-8") + b"\n"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+    try:
+        if os.fstat(fd).st_size:
+            with open(path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    data = b"\n" + data
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return path
