@@ -789,9 +789,13 @@ def write_outputs(rating_set: RatingSet, ratings: pd.DataFrame, summary: HumanSu
 def existing_summary(output_root: str | Path) -> tuple[HumanSummary, tuple[str, ...]]:
     """The summary of whatever ratings exist under output_root (for 07), and read problems.
 
-    Says "no human ratings yet" when there is no set or no rating; never draws a set.
+    Says "no human ratings yet" when there is no set or no rating; never draws a set. An
+    unreadable set is reported as a problem rather than raised: 07 goes on without it.
     """
-    rating_set = load_rating_set(output_root)
+    try:
+        rating_set = load_rating_set(output_root)
+    except HumanEvalError as err:
+        return HumanSummary((), (NO_RATINGS,)), (str(err),)
     if rating_set is None:
         return HumanSummary((), (NO_RATINGS,)), ()
     read = read_ratings(rating_set)

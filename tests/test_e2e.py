@@ -7,6 +7,7 @@ import json
 import pytest
 
 from shoelib import run
+from shoelib.human_eval import NO_RATINGS
 from shoelib.paths import RunPaths, slug
 
 pytestmark = pytest.mark.slow
@@ -25,6 +26,7 @@ CONTRACTS = {
                                  "val_loss", "seconds_per_step", "peak_memory_bytes"}),
     "06": ("synthetic/demo/summary.json", {"lora", "n_images", "n_regenerated", "seconds_per_image"}),
     "07": ("evaluation/summary.json", set()),
+    "08": ("evaluation/human/summary.json", {"settings", "n_ratings", "estimates", "lines"}),
 }
 
 
@@ -40,6 +42,9 @@ def test_demo_chain_runs_and_keeps_its_contracts(tmp_path):
             rel, keys = CONTRACTS[step.number]
             summary = json.loads((RunPaths(out).root / rel).read_text())
             assert keys <= set(summary), f"{rel} lacks {keys - set(summary)}"
+    # headless, 08 rates nothing and says so instead of waiting for a rater
+    human = json.loads((out / "evaluation" / "human" / "summary.json").read_text())
+    assert human["n_ratings"] == 0 and human["lines"] == [NO_RATINGS]
 
     # A rerun resumes instead of redoing or refusing: 05 finds its last checkpoint and
     # re-exports the same LoRA, so 06 recognises its run and has nothing left to render.

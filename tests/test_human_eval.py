@@ -316,3 +316,12 @@ def test_export_joins_the_key_and_summary_without_ratings(root):
     assert table["correct"].tolist() == [s != "real" for s in table["source"]]
     assert json.loads(js.read_text())["n_ratings"] == 2
     assert H.existing_summary(root)[0].n_ratings == 2
+
+
+def test_unreadable_set_is_a_clear_error_and_07_goes_on(root):
+    rs = one_run_set(root, n_items=6)
+    (rs.folder / H.KEY_FILE).write_text("{")
+    with pytest.raises(H.HumanEvalError, match=r"key.json is unreadable .*move .* aside"):
+        H.load_rating_set(root)
+    summary, problems = H.existing_summary(root)
+    assert summary.lines == (H.NO_RATINGS,) and "unreadable" in problems[0]

@@ -68,11 +68,10 @@ def lab(rating_root, tmp_path):
         env=env, stdout=subprocess.DEVNULL, stderr=(tmp_path / "lab.log").open("w"))
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(120):
-            if server.poll() is not None:
-                break
+        deadline = time.monotonic() + 600  # a loaded machine can take minutes to start it
+        while time.monotonic() < deadline and server.poll() is None:
             try:
-                urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2)
+                urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=5)
                 break
             except OSError:
                 time.sleep(1)
@@ -81,7 +80,7 @@ def lab(rating_root, tmp_path):
         yield url, token
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        server.wait(timeout=120)
 
 
 def test_rates_three_images_with_the_keyboard(lab, rating_root, tmp_path):
@@ -91,6 +90,7 @@ def test_rates_three_images_with_the_keyboard(lab, rating_root, tmp_path):
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1200, "height": 1000})
+        page.set_default_timeout(180_000)  # a loaded machine serves JupyterLab slowly
         page.goto(f"{url}/lab/tree/08_human_eval.ipynb?token={token}")
         run_all(page)
         widget = page.locator(".shoelib-rating")
