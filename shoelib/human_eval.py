@@ -740,6 +740,8 @@ def summarise(rating_set: RatingSet, ratings: pd.DataFrame) -> HumanSummary:
         match = _proportion("matches the text", source, rows["match"].astype(bool), is_real,
                             better="higher")
         mean, low, high = mean_ci(rows["usability"].astype(float).tolist())
+        if low is not None:  # a t interval on few ratings can leave the scale
+            low, high = max(low, USABILITY[0]), min(high, USABILITY[-1])
         usable = Estimate("usability (1-5)", source, mean, low, high, int(is_real.sum()),
                           int((~is_real).sum()), f"mean of {len(rows)} ratings", "higher")
         per_source[source] = {"judged real": judged, "match": match, "usability": usable}

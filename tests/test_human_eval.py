@@ -262,6 +262,10 @@ def test_rates_per_source_and_the_table_rows_carry_n(root):
     assert by_key["matches the text", "lora"].value == 0.0
     assert by_key["usability (1-5)", "lora"].value == 2.0
     assert by_key["usability (1-5)", "lora"].ci_low is None  # no spread: no interval claimed
+    lora = ratings[[rs.key[i]["source"] == "lora" for i in ratings["item_id"]]]
+    few = H.summarise(rs, lora.head(3).assign(usability=[1, 5, 3])).estimates
+    usable = next(e for e in few if e.name == "usability (1-5)")
+    assert 1 <= usable.ci_low < usable.value < usable.ci_high <= 5  # kept on the scale
     row = by_key["judged a real photo", "lora"].as_metric_result()
     assert (row.name, row.value, row.n_real, row.n_synthetic) == (
         "human: judged a real photo (lora)", 1.0, 0, 6)
