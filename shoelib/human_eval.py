@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -38,7 +37,7 @@ import pandas as pd
 
 from shoelib.io import append_line, read_json, write_json, write_text
 from shoelib.metrics import MetricResult
-from shoelib.paths import RunPaths
+from shoelib.paths import PathNameError, RunPaths, path_name
 
 REAL = "real"
 REALISM = ("real", "generated")
@@ -48,7 +47,6 @@ KEY_FILE = "key.json"
 SET_FILE = "rating_set.json"
 EXPORT_FILE = "ratings.csv"
 SUMMARY_FILE = "summary.json"
-RATER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 CONFIDENCE = 0.95
 NO_RATINGS = "no human ratings yet: rate the images in 08_human_eval (JupyterLab)"
 
@@ -66,10 +64,10 @@ def check_rater(rater: Any) -> str:
     if not isinstance(rater, str) or not rater.strip():
         raise HumanEvalError("rater is empty: set rater = \"your-name\" in the parameters cell "
                              "(letters, digits, '.', '_' or '-')")
-    if not RATER_NAME.fullmatch(rater):
-        raise HumanEvalError(f"rater {rater!r} cannot name a file: use 1-64 letters, digits, "
-                             "'.', '_' or '-', starting with a letter or digit (e.g. \"alice\")")
-    return rater
+    try:
+        return path_name("rater", rater)
+    except PathNameError as err:
+        raise HumanEvalError(str(err)) from None
 
 
 # --- the rating set
@@ -130,6 +128,8 @@ def _check_draw(runs: Sequence[str], n_items: Any, colours: Sequence[str]) -> li
     runs = [r for r in runs if r]
     if not runs:
         raise HumanEvalError("run_name is empty: name the synthetic run of 06 to rate")
+    for param, run in zip(("run_name", "compare_run"), runs, strict=False):
+        path_name(param, run)  # one folder name under synthetic/, never a path
     if len(set(runs)) != len(runs):
         raise HumanEvalError(f"compare_run {runs[-1]!r} is run_name itself; name another run or "
                              "set compare_run = \"\"")
@@ -167,7 +167,7 @@ def draw_rating_set(output_root: str | Path, category: str, runs: Sequence[str],
     pools = {REAL: read_split(paths.processed(category) / "test")}
     notes: list[str] = []
     for run in runs:
-        synthetic = read_run(paths.synthetic / run)
+        synthetic = read_run(paths.synthetic_run(run))
         pools[run] = synthetic.frame
         notes += [f"{run}: {note}" for note in synthetic.notes]
     common = sorted(set.intersection(*(set(p["colour"].dropna().astype(str)) for p in pools.values())))

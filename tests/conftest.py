@@ -79,6 +79,6 @@ def rating_root(tmp_path) -> Path:
     """Real test split (4 images per colour) and two synthetic runs, 'lora' and 'base'."""
     paths = RunPaths(tmp_path)
     write_test_split(paths.processed("Casual Shoes") / "test", 4)
-    write_run(paths.synthetic / "lora", 60, 0)
-    write_run(paths.synthetic / "base", 60, 1)
+    write_run(paths.synthetic / "lora", 30, 0)
+    write_run(paths.synthetic / "base", 30, 1)
     return tmp_path
