@@ -218,6 +218,12 @@ class PhotoChecks:
     confusion_synthetic: pd.DataFrame
     confusion_real: pd.DataFrame
 
+    @property
+    def real_colour_ceiling(self) -> M.MetricResult:
+        """Agreement of the real test photos' dominant colour with their labels: label noise
+        and the measure's limits cap what a synthetic set can score, at this run's N."""
+        return next(r for r in self.results if r.name == "colour accuracy (real)")
+
 
 def photo_checks(sets: EvalSets, thresholds: M.PhotoThresholds | None = None) -> PhotoChecks:
     """Colour faithfulness (synthetic vs prompt; real test vs label = the label-noise baseline)
@@ -257,13 +263,15 @@ def diversity_and_memorisation(checks: PhotoChecks, feats: dict[str, np.ndarray]
 
 @dataclass(frozen=True)
 class DownstreamStudy:
-    """The classifier study: classes, every run, mean ± std per training set, table rows."""
+    """The classifier study: classes, every run, mean ± std per training set, table rows,
+    and the majority-class baseline (`classifier.majority_baseline`; {} if not computed)."""
 
     classes: list[str]
     runs: pd.DataFrame
     summary: pd.DataFrame
     results: list[M.MetricResult]
     notes: tuple[str, ...]
+    baseline: dict = field(default_factory=dict)
 
 
 def downstream_study(sets: EvalSets, config: EvalConfig) -> DownstreamStudy:
@@ -289,8 +297,10 @@ def downstream_study(sets: EvalSets, config: EvalConfig) -> DownstreamStudy:
     runs = C.downstream_study(train_sets, test, len(classes), config.classifier,
                               config.classifier_seeds)
     summary = C.summarise_study(runs)
-    return DownstreamStudy(classes, runs, summary, C.study_results(summary, len(classes)),
-                           tuple(notes))
+    baseline = C.majority_baseline(real.y, test.y, len(classes))
+    return DownstreamStudy(classes, runs, summary,
+                           C.study_results(summary, len(classes), baseline), tuple(notes),
+                           baseline)
 
 
 def labelled_set(name: str, frame: pd.DataFrame, classes: Sequence[str], px: int) -> C.LabelledSet:
@@ -357,8 +367,9 @@ def confusion_figure(confusion: pd.DataFrame, title: str) -> Any:
     return fig
 
 
-def downstream_figure(summary: pd.DataFrame, n_classes: int) -> Any:
-    """Bars of accuracy and macro-F1 (mean ± std over seeds) per training set."""
+def downstream_figure(summary: pd.DataFrame, baseline: dict | None = None) -> Any:
+    """Bars of accuracy and macro-F1 (mean ± std over seeds) per training set, with the
+    majority-class baseline (`classifier.majority_baseline`) as a dashed line."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
@@ -368,8 +379,8 @@ def downstream_figure(summary: pd.DataFrame, n_classes: int) -> Any:
             continue
         ax.bar(summary["training_set"], summary[f"{metric}_mean"], yerr=summary[f"{metric}_std"],
                capsize=4, color=["#4c72b0", "#55a868", "#c44e52"][:len(summary)])
-        if metric == "accuracy" and n_classes:
-            ax.axhline(1 / n_classes, color="grey", ls="--", lw=1, label="chance")
+        if baseline:
+            ax.axhline(baseline[metric], color="grey", ls="--", lw=1, label="majority baseline")
             ax.legend(fontsize=8)
         ax.set_ylim(0, 1)
         ax.set_title(f"{metric.replace('_', '-')} on real test (mean ± std over seeds)", fontsize=9)
