@@ -362,8 +362,12 @@ def _resample_name(processor: Any) -> str:
         return str(resample)
 
 
-def inception_features() -> FeatureExtractor:
+def inception_features(net: Any = None) -> FeatureExtractor:
     """torchmetrics' FID Inception (the standard FID/KID feature space), if installable.
+
+    Args:
+        net: the network to use instead of the FID Inception: a callable from a uint8
+            (N, 3, H, W) tensor to (N, 2048) features (tests pass a stand-in).
 
     Raises:
         ModuleNotFoundError: torch-fidelity is missing (it needs torchvision, which this
@@ -371,12 +375,12 @@ def inception_features() -> FeatureExtractor:
     """
     import importlib.util
 
-    if importlib.util.find_spec("torch_fidelity") is None:
+    if net is None and importlib.util.find_spec("torch_fidelity") is None:
         raise ModuleNotFoundError(
             "fidelity_features='inception' needs torch-fidelity (and torchvision) for the FID "
             "Inception weights; they are not installed here. Use fidelity_features='clip' "
             "(CLIP ViT-L/14 embeddings) or install torch-fidelity yourself.")
-    return _InceptionFeatures()
+    return _InceptionFeatures(net)
 
 
 class _InceptionFeatures:
@@ -384,15 +388,17 @@ class _InceptionFeatures:
 
     name = "inception"
 
-    def __init__(self) -> None:
-        from torchmetrics.image.fid import NoTrainInceptionV3
+    def __init__(self, net: Any = None) -> None:
+        if net is None:
+            from torchmetrics.image.fid import NoTrainInceptionV3
 
-        self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"])
+            net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"])
+        self.net = net
 
     def __call__(self, images: Sequence[Image.Image]) -> np.ndarray:
         import torch
 
-        x = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"))).permute(2, 0, 1)
+        x = torch.stack([torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
                          for im in _same_size(images)])
         with torch.inference_mode():
             return self.net(x).double().numpy()
