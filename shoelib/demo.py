@@ -38,8 +38,8 @@ ARTICLE_COUNTS = {
     "Casual Shoes": 115, "Sports Shoes": 40, "Formal Shoes": 30, "Sandals": 25,
     "Flip Flops": 20, "Heels": 15, "Tshirts": 30,
 }
-# Casual Shoes colours: the real shape scaled down (DOMAIN.md: Black 30.7 %, Brown 18.0 %,
-# White 15.3 %, ... a long tail). 16 colours, 11 with fewer than 10 rows; plus one "NA" and
+# Casual Shoes colours: the real shape scaled down (the Kaggle styles.csv, as 01 counts it:
+# Black 30.7 %, Brown 18.0 %, White 15.3 %, ... a long tail). 16 colours, 11 with fewer than 10 rows; plus one "NA" and
 # one empty cell from the quirk rows.
 CASUAL_COLOURS = {
     "Black": 34, "Brown": 21, "White": 18, "Grey": 10, "Blue": 10, "Navy Blue": 8, "Red": 7,
@@ -49,8 +49,9 @@ CASUAL_COLOURS = {
 # Casual Shoes genders: Men 79.0 %, Women 11.7 %, Unisex 8.0 %, Boys 0.8 %, Girls 0.5 % (real).
 CASUAL_GENDERS = {"Men": 104, "Women": 16, "Unisex": 9, "Boys": 2, "Girls": 1}
 
-# Deliberate quirks, by fixed id (the same for every seed). Each reproduces one of the real
-# catalogue (DOMAIN.md, real-sample/README.md) or a failure a real image folder has.
+# Deliberate quirks, by fixed id (the same for every seed). Each reproduces one of the Kaggle
+# styles.csv (unquoted commas in about 22 names, "NA" as a value, empty cells, test rows) or a
+# failure a real image folder has.
 QUIRK_IDS = {
     "comma_11_fields": (58001, 58003, 58004),  # one unquoted comma in the name: 11 fields
     "comma_12_fields": (58002,),               # two unquoted commas: 12 fields

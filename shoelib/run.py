@@ -2,7 +2,7 @@
 
     python -m shoelib.run --profile demo                 # 01 -> 07 on the embedded default
     python -m shoelib.run --profile full --from 05       # resume the real job at training
-    python -m shoelib.run --profile demo --only 01,02 -p data_root ../shared/real-sample
+    python -m shoelib.run --profile demo --only 01,02 -p data_root data/raw/fashion-dataset
 
 Each notebook gets the keys of `configs/<profile>.yaml` (plus `-p` overrides) that its
 `parameters` cell declares, and is written to `reports/<profile>/NN_name.ipynb` with a

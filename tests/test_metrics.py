@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,7 +9,6 @@ import torch
 from PIL import Image, ImageDraw
 
 from shoelib import metrics as M
-from shoelib.paths import PROJECT_ROOT
 
 RNG = np.random.default_rng(0)
 
@@ -253,10 +249,8 @@ def test_colour_faithfulness_accuracy_confusion_and_left_out_colours():
     assert confusion.values.sum() == 4
 
 
-def test_measure_photos_on_real_sample_agrees_with_labels_above_chance():
-    root = Path(os.environ.get("SHOELIB_REAL_SAMPLE", PROJECT_ROOT.parent / "shared" / "real-sample"))
-    if not (root / "styles.csv").exists():
-        pytest.skip(f"real sample not found at {root}")
+def test_measure_photos_on_real_sample_agrees_with_labels_above_chance(real_sample_dir):
+    root = real_sample_dir
     styles = pd.read_csv(root / "styles.csv", on_bad_lines="skip", keep_default_na=False)
     shoes = styles[styles["articleType"] == "Casual Shoes"]
     shoes = shoes[[(root / "images" / f"{i}.jpg").exists() for i in shoes["id"]]].head(80)
