@@ -82,3 +82,35 @@ def rating_root(tmp_path) -> Path:
     write_run(paths.synthetic / "lora", 30, 0)
     write_run(paths.synthetic / "base", 30, 1)
     return tmp_path
+
+
+HOLD_LOCK = """
+import sys, time
+from shoelib.io import folder_lock
+with folder_lock(sys.argv[1]):
+    print("LOCKED", flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.fixture
+def lock_in_other_process():
+    """Call with a folder: another real process takes its lock (shoelib.io.folder_lock) and
+    holds it until the test ends; returns that process (a Popen)."""
+    import subprocess
+    import sys
+
+    held = []
+
+    def hold(folder: Path) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder)],
+                                stdout=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+        held.append(proc)
+        assert proc.stdout.readline().strip() == "LOCKED"
+        return proc
+
+    yield hold
+    for proc in held:
+        proc.kill()
+        proc.wait()
