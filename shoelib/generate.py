@@ -44,7 +44,14 @@ import numpy as np
 import pandas as pd
 from PIL import Image, PngImagePlugin
 
-from shoelib.io import atomic_path, read_json, write_json, write_text
+from shoelib.io import (
+    FolderInUseError,
+    atomic_path,
+    read_json,
+    shared_folder_lock,
+    write_json,
+    write_text,
+)
 from shoelib.paths import RunPaths, resolve
 
 VIEW_PHRASES = ("side view", "three-quarter view", "top view", "pair")
@@ -302,13 +309,14 @@ def find_lora(output_root: str | Path, lora_path: str | None = "") -> Path | Non
                 "(or its folder), '' for the one 05_train_lora wrote, or 'none' for the base model")
         read_header(path)
         return path
-    summary = RunPaths.from_param(output_root).lora / "summary.json"
+    paths = RunPaths.from_param(output_root)
+    summary = paths.lora / "summary.json"
     if not summary.is_file():
         raise LoraNotFoundError(
             f"no LoRA found: {summary} does not exist. Run 05_train_lora first (same "
             "output_root), or set lora_path to a LoRA .safetensors file, or lora_path='none' "
             "to generate with the base model alone")
-    path = resolve(read_json(summary).get("lora_diffusers") or "")
+    path = paths.locate(read_json(summary).get("lora_diffusers") or "")
     if not path.is_file():
         raise LoraNotFoundError(f"{summary} names lora_diffusers={str(path)!r}, which does not "
                                 "exist; rerun 05_train_lora or set lora_path")
@@ -364,17 +372,26 @@ def run_settings(plan_config: PromptPlanConfig, gen: GenerateConfig) -> dict[str
 
 
 def check_run_folder(out_dir: Path, settings: Mapping[str, Any]) -> None:
-    """Raise RunMismatchError if out_dir/run.json records other settings."""
+    """Raise RunMismatchError if out_dir/run.json records other settings and the folder holds
+    results made with them (a run.json alone, left by a run that failed to start, is replaced)."""
     path = out_dir / RUN_FILE
-    if not path.is_file():
+    if not path.is_file() or not holds_results(out_dir):
         return
     old = read_json(path)
-    changed = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
+    # The LoRA counts by content (lora_fingerprint), not by where it lies: moving an
+    # output_root moves its LoRA, and the run must still resume.
+    changed = [k for k in sorted(set(old) | set(settings))
+               if k != "lora" and old.get(k) != settings.get(k)]
     if changed:
         detail = "; ".join(f"{k}: {_short(old.get(k))} -> {_short(settings.get(k))}" for k in changed[:4])
         raise RunMismatchError(
             f"{out_dir} holds images made with other settings ({detail}). Choose a new "
             "run_name, or delete that folder to start over")
+
+
+def holds_results(out_dir: Path) -> bool:
+    """Whether the folder holds an image or a given-up marker of some plan."""
+    return any(out_dir.glob("[0-9]*.png")) or any(out_dir.glob("[0-9]*.failed.json"))
 
 
 def _short(value: Any) -> str:
@@ -637,7 +654,8 @@ def generate(plan_config: PromptPlanConfig, gen: GenerateConfig, out_dir: str | 
     """Generate the plan into out_dir, resuming what an earlier call left; accelerate-aware.
 
     1. Check settings and the run folder (before loading any model).
-    2. The main process removes temp files of killed runs and records run.json.
+    2. The main process locks the folder (a second run into it fails with the holder's pid),
+       removes temp files of killed runs and records run.json.
     3. Every process lists the finished items; after a barrier the remaining items are
        dealt round-robin (remaining[rank::world]), so a resumed run stays balanced.
     4. Each process renders its share; the main process rebuilds metadata.jsonl from the
@@ -651,31 +669,33 @@ def generate(plan_config: PromptPlanConfig, gen: GenerateConfig, out_dir: str | 
     check_run_folder(out_dir, settings)
     state, policy = process_state(gen)
     t0 = time.perf_counter()
-    if state.is_main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        remove_temp_files(out_dir)
-        if not (out_dir / RUN_FILE).is_file():
+    with shared_folder_lock(out_dir, state):
+        check_run_folder(out_dir, settings)  # again: another run may have written it meanwhile
+        if state.is_main_process:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            remove_temp_files(out_dir)
+            # Either the same settings or a folder without images (a run that failed to start).
             write_json(out_dir / RUN_FILE, settings)
-    state.wait_for_everyone()
-    done = finished_items(out_dir, plan)
-    state.wait_for_everyone()  # nobody writes before everyone has listed the same files
-    todo = [item for item in plan if item.index not in done]
-    mine = todo[state.process_index::state.num_processes]
-    counts: Counter = Counter()
-    if mine:
-        pipe = load_generation_pipeline(gen, policy)
-        counts = generate_items(pipe, mine, out_dir, gen, policy,
-                                progress=progress and state.is_local_main_process,
-                                process=state.process_index)
-    state.wait_for_everyone()
-    manifest, summary = pd.DataFrame(), {}
-    if state.is_main_process:
-        manifest = rebuild_manifest(out_dir, plan)
-        summary = run_summary(out_dir, plan, manifest, gen, policy,
-                              processes=state.num_processes,
-                              call={"todo": len(todo), "already_done": len(done),
-                                    "wall_seconds": round(time.perf_counter() - t0, 2)})
-        write_json(out_dir / SUMMARY, summary)
+        state.wait_for_everyone()
+        done = finished_items(out_dir, plan)
+        state.wait_for_everyone()  # nobody writes before everyone has listed the same files
+        todo = [item for item in plan if item.index not in done]
+        mine = todo[state.process_index::state.num_processes]
+        counts: Counter = Counter()
+        if mine:
+            pipe = load_generation_pipeline(gen, policy)
+            counts = generate_items(pipe, mine, out_dir, gen, policy,
+                                    progress=progress and state.is_local_main_process,
+                                    process=state.process_index)
+        state.wait_for_everyone()
+        manifest, summary = pd.DataFrame(), {}
+        if state.is_main_process:
+            manifest = rebuild_manifest(out_dir, plan)
+            summary = run_summary(out_dir, plan, manifest, gen, policy,
+                                  processes=state.num_processes,
+                                  call={"todo": len(todo), "already_done": len(done),
+                                        "wall_seconds": round(time.perf_counter() - t0, 2)})
+            write_json(out_dir / SUMMARY, summary)
     return GenerationResult(out_dir, manifest, summary, dict(counts), len(done))
 
 
@@ -818,7 +838,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         plan_config, gen, out_dir = configs_from_params(params)
         result = generate(plan_config, gen, out_dir, progress=not args.no_progress)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, FolderInUseError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     if result.summary:

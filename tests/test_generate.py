@@ -17,6 +17,7 @@ import yaml
 from PIL import Image
 
 from shoelib import generate as G
+from shoelib.io import FolderInUseError
 from shoelib.lora_io import LoraFileError
 from shoelib.paths import PROJECT_ROOT, RunPaths
 
@@ -301,6 +302,50 @@ def test_read_run_bad_inputs(tmp_path, tiny_sd_dir, plan_config):
     assert any("partial run: 1 of 2" in n for n in run.notes)
 
 
+def test_a_failed_start_does_not_block_the_corrected_rerun(tiny_sd_dir, plan_config, tmp_path):
+    from shoelib.pipeline import ModelNotFoundError
+
+    out = tmp_path / "run"
+    with pytest.raises(ModelNotFoundError):
+        G.generate(plan_config, gen_config(tmp_path / "no-such-model"), out, progress=False)
+    assert (out / G.RUN_FILE).is_file() and not pngs(out)  # run.json alone, no image
+    result = G.generate(replace(plan_config, n_images=2), gen_config(tiny_sd_dir), out,
+                        progress=False)
+    assert result.counts["saved"] == 2
+    assert json.loads((out / G.RUN_FILE).read_text())["model"] == str(tiny_sd_dir)
+    with pytest.raises(G.RunMismatchError, match="holds images made with other settings"):
+        G.generate(plan_config, gen_config(tmp_path / "no-such-model"), out, progress=False)
+
+
+def test_a_moved_output_root_finds_its_lora_and_resumes_its_run(tiny_sd_dir, tiny_lora,
+                                                                 plan_config, tmp_path):
+    first = RunPaths(tmp_path / "first")
+    first.lora.mkdir(parents=True)
+    shutil.copy(tiny_lora, first.lora / tiny_lora.name)
+    # 05's summary names its LoRA relative to output_root
+    stored = first.relative(first.lora / tiny_lora.name)
+    assert stored == f"lora/{tiny_lora.name}"
+    (first.lora / "summary.json").write_text(json.dumps({"lora_diffusers": stored}))
+    plan = replace(plan_config, n_images=2)
+    G.generate(plan, gen_config(tiny_sd_dir, G.find_lora(first.root)), first.synthetic / "r",
+               progress=False)
+
+    moved = RunPaths(tmp_path / "moved")
+    shutil.move(first.root, moved.root)
+    lora = G.find_lora(moved.root)
+    assert lora == moved.lora / tiny_lora.name
+    again = G.generate(plan, gen_config(tiny_sd_dir, lora), moved.synthetic / "r", progress=False)
+    assert again.already_done == 2 and again.counts == {}
+
+
+def test_a_folder_in_use_is_refused_before_any_work(tiny_sd_dir, plan_config, tmp_path,
+                                                     lock_in_other_process):
+    holder = lock_in_other_process(tmp_path / "run")
+    with pytest.raises(FolderInUseError, match=f"in use by pid {holder.pid} "):
+        G.generate(plan_config, gen_config(tiny_sd_dir), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -405,3 +450,45 @@ def test_half_precision_failures_go_to_the_next_seed_and_only_a_failed_retry_run
     assert all((r["seed"], r["attempts"], r["dtype"]) == (item.seed, 1, "float32")
                for r, item in zip(records[2:], plan[2:], strict=True))
     assert result.summary["n_fp32_retries"] == 1 and result.summary["n_regenerated"] == 2
+
+
+@pytest.mark.slow
+def test_a_second_run_into_the_same_folder_is_refused_while_the_first_renders(
+        tiny_sd_dir, output_root, tmp_path):
+    import signal
+    import time
+
+    root = tmp_path / "out"
+    shutil.copytree(output_root, root)
+    config = {"output_root": str(root), "seed": 4, "category": CATEGORY, "model": str(tiny_sd_dir),
+              "resolution": 64, "device": "cpu", "lora_path": "none", "run_name": "busy",
+              "n_images": 10, "generation_steps": 4, "generation_batch_size": 1}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, "-m", "shoelib.generate", "--config", str(tmp_path / "cfg.yaml"),
+           "--no-progress"]
+    out = RunPaths(root).synthetic / "busy"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not pngs(out) and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.05)
+    # Paused mid-run, so the second run surely starts while the first is at work.
+    first.send_signal(signal.SIGSTOP)
+    try:
+        assert 1 <= len(pngs(out)) < 10, "the first run was not caught mid-way"
+        second = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True,
+                                text=True, timeout=300)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert second.returncode == 1
+    assert second.stderr.strip() == (f"error: {out} is in use by pid {first.pid} on "
+                                     f"{socket.gethostname()} (started "
+                                     f"{second.stderr.split('(started ')[1].split(')')[0]}); "
+                                     "wait for it or stop it")
+    stdout, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr[-3000:]
+    assert json.loads(stdout)["n_images"] == 10
+    assert pngs(out) == [f"{i:06d}.png" for i in range(10)] and not list(out.glob(".*"))
+    rows = [json.loads(line) for line in (out / G.MANIFEST).read_text().splitlines()]
+    assert len(rows) == 10 == len({r["file_name"] for r in rows})
