@@ -38,7 +38,7 @@ from shoelib.images import (
     prepare_images,
     size_problem,
 )
-from shoelib.io import atomic_path, write_json, write_text
+from shoelib.io import atomic_path, folder_lock, write_json, write_text
 from shoelib.paths import resolve
 
 SPLITS = ("train", "val", "test")
@@ -526,8 +526,16 @@ def export_dataset(plan: DatasetPlan, out_dir: str | Path, config: DatasetConfig
         progress: show a progress bar.
     Returns:
         ExportResult.
+    Raises:
+        FolderInUseError: another run is exporting into out_dir (the folder is locked for
+            the export, so two runs never delete each other's files).
     """
-    out_dir = Path(out_dir)
+    with folder_lock(out_dir):
+        return _export_locked(plan, Path(out_dir), config, progress)
+
+
+def _export_locked(plan: DatasetPlan, out_dir: Path, config: DatasetConfig,
+                   progress: bool) -> ExportResult:
     for name in SPLITS:
         (out_dir / name).mkdir(parents=True, exist_ok=True)
     _remove_temp_files(out_dir)

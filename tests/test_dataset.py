@@ -438,3 +438,15 @@ def test_export_with_no_decodable_image_says_so(tmp_path):
         dataset.export_dataset(dataset.plan_dataset(rows, cfg), tmp_path / "out", cfg, False)
     meta = json.loads((tmp_path / "out" / "metadata.json").read_text())
     assert meta["skipped_reasons"] == {"image unreadable": 2}
+
+
+def test_export_into_a_folder_in_use_is_refused_before_any_work(small_catalogue, tmp_path,
+                                                                 lock_in_other_process):
+    from shoelib.io import FolderInUseError
+
+    holder = lock_in_other_process(tmp_path / "out")
+    cfg = config()
+    with pytest.raises(FolderInUseError, match=f"out is in use by pid {holder.pid} "):
+        dataset.export_dataset(dataset.plan_dataset(small_catalogue, cfg), tmp_path / "out",
+                               cfg, progress=False)
+    assert not (tmp_path / "out").exists()
