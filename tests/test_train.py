@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +25,7 @@ from shoelib.lora_io import apply_lora
 from shoelib.paths import PROJECT_ROOT
 from shoelib.train import (
     Batch,
+    CheckpointError,
     DataOrder,
     NonFiniteLossError,
     ResumeMismatchError,
@@ -34,6 +36,7 @@ from shoelib.train import (
     noise_target,
     sample_batch,
     train,
+    verify_checkpoint,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -382,6 +385,89 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tiny_sd_di
     assert "step_000002" in str(err.value)
     assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["step_000002"]
     assert not (tmp_path / "pytorch_lora_weights.safetensors").exists()
+
+
+# --- damaged checkpoints, moved folders, a folder in use
+
+def _copy_run(config: TrainConfig, folder: Path) -> TrainConfig:
+    shutil.copytree(config.output_dir, folder)
+    return replace(config, output_dir=str(folder), validation_every=0)
+
+
+@pytest.mark.parametrize("name", ["lora.safetensors", "training_state.pt", "state.json"])
+def test_a_truncated_latest_checkpoint_falls_back_to_the_older_one(trained, tmp_path, name):
+    config = _copy_run(trained[0], tmp_path / "run")
+    root = Path(config.output_dir) / "checkpoints"
+    damaged = root / "step_000006" / name
+    size = damaged.stat().st_size
+    damaged.write_bytes(damaged.read_bytes()[:size // 2])
+    with pytest.warns(UserWarning) as caught:
+        result = train(config, progress=False)
+    message = " ".join(str(w.message) for w in caught)
+    assert (f"checkpoint {root / 'step_000006'} is damaged ({name} has {size // 2:,} bytes, "
+            f"not {size:,}): resuming from the older {root / 'step_000003'} instead") in message
+    assert result.resumed_from == 3 and result.steps == 6
+    assert verify_checkpoint(root / "step_000006") is None  # trained again and rewritten
+
+
+def test_no_intact_checkpoint_is_one_error_naming_each(trained, tmp_path):
+    config = _copy_run(trained[0], tmp_path / "run")
+    root = Path(config.output_dir) / "checkpoints"
+    state = root / "step_000003" / "state.json"
+    size = state.stat().st_size
+    state.write_text("{")
+    (root / "step_000006" / "lora.safetensors").unlink()
+    with pytest.raises(CheckpointError) as err:
+        train(config, progress=False)
+    assert str(err.value) == (
+        f"no intact checkpoint to resume: {root / 'step_000006'} is damaged (lora.safetensors "
+        f"is missing); {root / 'step_000003'} is damaged (state.json has 1 bytes, not "
+        f"{size:,}). Delete {root} to train from the start")
+
+
+def test_a_moved_run_folder_resumes(tiny_sd_dir, data, tmp_path, monkeypatch):
+    first = tmp_path / "first"
+    for split in ("train", "val"):
+        shutil.copytree(data[split], first / "processed" / split)
+
+    def config_in(root: Path) -> TrainConfig:
+        return small_config(tiny_sd_dir, data, root / "lora", train_dir=root / "processed" / "train",
+                            val_dir=root / "processed" / "val", cache_dir=root / "cache",
+                            max_train_steps=4, checkpoint_every=2, validation_every=2)
+
+    save = train_module.save_checkpoint
+
+    def killed_after_step_2(*args):
+        folder = save(*args)
+        raise KeyboardInterrupt  # the run is killed here
+        return folder
+
+    monkeypatch.setattr(train_module, "save_checkpoint", killed_after_step_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(config_in(first), progress=False)
+    monkeypatch.setattr(train_module, "save_checkpoint", save)
+    moved = tmp_path / "moved"
+    shutil.move(first, moved)
+    result = train(config_in(moved), progress=False)
+    assert result.resumed_from == 2 and result.steps == 4
+    assert [Path(p) for _, p in result.validation_grids] == [
+        moved / "lora" / "validation" / f"step_{s:06d}.png" for s in (0, 2, 4)]
+    assert all(Path(p).is_file() for _, p in result.validation_grids)
+
+    changed = moved / "processed" / "train" / "metadata.jsonl"
+    changed.write_text(changed.read_text().replace("black casual shoes", "black sneakers"))
+    with pytest.raises(ResumeMismatchError, match="train_split_content"):
+        train(config_in(moved), progress=False)
+
+
+def test_a_folder_in_use_is_refused_before_any_work(tiny_sd_dir, data, tmp_path,
+                                                     lock_in_other_process):
+    from shoelib.io import FolderInUseError
+
+    holder = lock_in_other_process(tmp_path / "lora")
+    with pytest.raises(FolderInUseError, match=f"lora is in use by pid {holder.pid} "):
+        train(small_config(tiny_sd_dir, data, tmp_path / "lora"), progress=False)
+    assert not (tmp_path / "lora").exists()
 
 
 # --- processes: a real kill, and two processes
