@@ -7,22 +7,32 @@
 Each notebook gets the keys of `configs/<profile>.yaml` (plus `-p` overrides) that its
 `parameters` cell declares, and is written to `reports/<profile>/NN_name.ipynb` with a
 rendered `.html` beside it. The run stops at the first failing notebook and names the cell.
+
+The kernel ends with the runner: on SIGTERM or SIGINT the runner shuts the kernel's process
+group (the kernel and its worker processes) down and exits, and on Linux a SIGKILLed runner
+takes its kernel along too (shoelib.processes), so no orphan keeps writing into the run.
 """
 
 from __future__ import annotations
 
 import argparse
 import difflib
+import os
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from jupyter_client.manager import AsyncKernelManager
 
 from shoelib.io import write_text
 from shoelib.paths import CONFIGS_DIR, NOTEBOOKS_DIR, PROJECT_ROOT, REPORTS_DIR
+from shoelib.processes import die_with_parent
 
 
 class RunError(Exception):
@@ -109,6 +119,33 @@ def render_html(notebook_path: Path) -> Path:
     return write_text(notebook_path.with_suffix(".html"), body)
 
 
+class RunnerBoundKernelManager(AsyncKernelManager):
+    """Starts the kernel so that it is killed when the runner process ends, however it ends."""
+
+    async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
+        runner = os.getpid()
+        await super()._async_launch_kernel(kernel_cmd, preexec_fn=lambda: die_with_parent(runner),
+                                           **kw)
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM stops the run as Ctrl-C does, so the same clean-up runs (nbclient shuts the
+    kernel's process group down, the runner exits 130)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_step(step: Step, params: dict[str, Any], out_dir: Path) -> Path:
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -116,14 +153,16 @@ def run_step(step: Step, params: dict[str, Any], out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     output = out_dir / step.path.name
     try:
-        papermill.execute_notebook(
-            str(step.path),
-            str(output),
-            parameters=params,
-            cwd=str(PROJECT_ROOT),
-            progress_bar=True,
-            report_mode=False,
-        )
+        with sigterm_as_interrupt():
+            papermill.execute_notebook(
+                str(step.path),
+                str(output),
+                parameters=params,
+                cwd=str(PROJECT_ROOT),
+                progress_bar=True,
+                report_mode=False,
+                kernel_manager_class=RunnerBoundKernelManager,
+            )
     except PapermillExecutionError as err:
         render_html(output)  # the failed run is a record too
         raise RunError(
@@ -174,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     except RunError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the kernel is already shut down
+        print("error: interrupted; the kernel was stopped. Rerun the same command to resume",
+              file=sys.stderr)
+        return 130
     return 0
 
 
