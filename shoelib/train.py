@@ -36,7 +36,7 @@ import sys
 import time
 import warnings
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +71,11 @@ RESUME_FREE_KEYS = frozenset({
 })
 TRAIN_DATA_KEY = "train_split_content"
 CHECKPOINT_MANIFEST = "manifest.json"  # written last: the sizes and sha256 of every other file
+
+
+# TrainConfig fields that notebook 05 fills from a parameter of another name: errors name both.
+NOTEBOOK_PARAMETERS = {"seed": "train_seed", "validation_inference_steps": "inference_steps",
+                       "validation_guidance_scale": "guidance_scale"}
 
 
 class TrainConfigError(ValueError):
@@ -135,6 +140,7 @@ class TrainConfig:
         for name in ("train_dir", "output_dir", "cache_dir", "val_dir"):
             value = getattr(self, name)
             if value is not None:
+                _require(isinstance(value, str | Path), f"{name}={value!r} must be a folder path")
                 object.__setattr__(self, name, str(resolve(value)))
         check_config(self)
 
@@ -147,12 +153,40 @@ class TrainConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise TrainConfigError(f"unknown training setting(s) {unknown}; known: {sorted(known)}")
+        required = [f.name for f in fields(cls) if f.default is MISSING]
+        absent = [name for name in required if name not in values]
+        if absent:
+            raise TrainConfigError(f"training setting(s) {absent} are required (with "
+                                   f"{', '.join(required)})")
         return cls(**values)
+
+    @classmethod
+    def from_json(cls, path: Path) -> TrainConfig:
+        """The config in a JSON file of its fields; errors name the file or the setting."""
+        try:
+            values = json.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as err:
+            raise TrainConfigError(f"cannot read --config {path} ({err.strerror}); pass a JSON "
+                                   "file of TrainConfig fields") from None
+        except UnicodeDecodeError as err:
+            raise TrainConfigError(f"--config {path} is not UTF-8 text (byte {err.start}); "
+                                   "save it as UTF-8 JSON") from None
+        except json.JSONDecodeError as err:
+            raise TrainConfigError(f"--config {path} is not valid JSON: {err.msg} at line "
+                                   f"{err.lineno}, column {err.colno}") from None
+        if not isinstance(values, dict):
+            raise TrainConfigError(f"--config {path} must hold a JSON object of TrainConfig "
+                                   f"fields, not a {type(values).__name__}")
+        return cls.from_dict(values)
 
 
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise TrainConfigError(message)
+
+
+def _alias(name: str) -> str:
+    return f" (05's {NOTEBOOK_PARAMETERS[name]})" if name in NOTEBOOK_PARAMETERS else ""
 
 
 def check_config(c: TrainConfig) -> None:
@@ -167,12 +201,12 @@ def check_config(c: TrainConfig) -> None:
                           ("gradient_accumulation_steps", 8), ("validation_inference_steps", 30),
                           ("checkpoints_to_keep", 2)):
         value = getattr(c, name)
-        _require(whole(value) and value > 0, f"{name}={value!r} must be a whole number > 0; "
-                                             f"use e.g. {example}")
+        _require(whole(value) and value > 0, f"{name}={value!r}{_alias(name)} must be a whole "
+                                             f"number > 0; use e.g. {example}")
     for name, example in (("lora_alpha", 16), ("learning_rate", 1e-4), ("max_grad_norm", 1.0)):
         value = getattr(c, name)
-        text = " (it is text: YAML reads 1e-4 as a string, write 1.0e-4)" if isinstance(value, str) else ""
-        _require(isinstance(value, int | float) and value > 0,
+        text = " (it is text)" if isinstance(value, str) else ""
+        _require(isinstance(value, int | float) and not isinstance(value, bool) and value > 0,
                  f"{name}={value!r} must be a number > 0{text}; use e.g. {example}")
     for name in ("lr_warmup_steps", "validation_every", "checkpoint_every",
                  "num_validation_prompts"):
@@ -180,8 +214,13 @@ def check_config(c: TrainConfig) -> None:
         _require(whole(value) and value >= 0, f"{name}={value!r} must be a whole number >= 0")
     for name in ("snr_gamma", "noise_offset", "validation_guidance_scale"):
         value = getattr(c, name)
-        _require(isinstance(value, int | float) and value >= 0, f"{name}={value!r} must be >= 0 "
-                                                                "(0 turns it off)")
+        _require(isinstance(value, int | float) and not isinstance(value, bool) and value >= 0,
+                 f"{name}={value!r}{_alias(name)} must be a number >= 0 (0 turns it off)")
+    _require(whole(c.seed) and c.seed >= 0,
+             f"seed={c.seed!r}{_alias('seed')} must be a whole number >= 0; use e.g. 42")
+    for name in ("random_flip", "gradient_checkpointing"):
+        _require(isinstance(getattr(c, name), bool),
+                 f"{name}={getattr(c, name)!r} must be true or false")
     _require(isinstance(c.caption_dropout, int | float) and 0 <= c.caption_dropout < 1,
              f"caption_dropout={c.caption_dropout!r} must be in [0, 1); use 0.1 or 0 (off)")
     _require(c.lr_scheduler in LR_SCHEDULERS,
@@ -961,8 +1000,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, type=Path,
                         help="JSON file with TrainConfig fields (see shoelib/train.py)")
     args = parser.parse_args(argv)
-    config = TrainConfig.from_dict(json.loads(args.config.read_text()))
-    result = train(config)
+    try:
+        result = train(TrainConfig.from_json(args.config))
+    except (ValueError, FileNotFoundError) as err:  # settings and inputs: one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     from accelerate import PartialState
 
     if PartialState().is_main_process:

@@ -102,6 +102,41 @@ def test_bad_settings_are_refused_with_value_and_fix(tiny_sd_dir, data, tmp_path
     assert words in str(err.value)
 
 
+@pytest.mark.parametrize("text, words", [
+    (None, "cannot read --config {path} (No such file or directory)"),
+    ('{"model": "m",', "--config {path} is not valid JSON: Expecting property name enclosed in "
+                      "double quotes at line 1, column 15"),
+    ("[1, 2]", "--config {path} must hold a JSON object of TrainConfig fields, not a list"),
+    ('{"model": "m"}', "training setting(s) ['train_dir', 'output_dir', 'cache_dir'] are required"),
+    ('{"model": "m", "train_dir": "t", "output_dir": "o", "cache_dir": "c", "lora_rnk": 8}',
+     "unknown training setting(s) ['lora_rnk']"),
+    ('{"model": "m", "train_dir": "t", "output_dir": "o", "cache_dir": "c", "max_train_steps": 0}',
+     "max_train_steps=0 must be a whole number > 0; use e.g. 3000"),
+    ('{"model": "m", "train_dir": "t", "output_dir": "o", "cache_dir": "c", "seed": "abc"}',
+     "seed='abc' (05's train_seed) must be a whole number >= 0; use e.g. 42"),
+])
+def test_command_line_config_errors_are_one_line_naming_the_file_or_setting(
+        tmp_path, capsys, text, words):
+    path = tmp_path / "bad.json"
+    if text is not None:
+        path.write_text(text)
+    assert train_module.main(["--config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and words.format(path=path) in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_command_line_config_error_prints_no_traceback(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('{"model": "m", "train_dir": "t", "output_dir": "o", "cache_dir": "c", '
+                    '"learning_rate": "fast"}')
+    done = subprocess.run([sys.executable, "-m", "shoelib.train", "--config", str(path)],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr == ("error: learning_rate='fast' must be a number > 0 (it is text); "
+                           "use e.g. 0.0001\n")
+
+
 def test_missing_or_uncaptioned_train_split_is_refused_before_loading(tiny_sd_dir, data, tmp_path):
     from shoelib.dataset import DatasetError, MissingInputError
 
