@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from shoelib import checks
 from shoelib import classifier as C
 from shoelib import metrics as M
 from shoelib.paths import RunPaths
@@ -37,7 +38,9 @@ class EvalConfig:
         classifier_seeds: one classifier per seed and training set.
         classifier_min_per_class: fewest real training images for a colour to be a class.
         gallery_size: images in each of the best/worst galleries.
-        seed: KID subset sampling seed.
+        seed: KID subset sampling seed (07's kid_seed).
+
+    `check` names 07's parameters (metric_min_images for min_images, ...).
     """
 
     fidelity_features: str = "clip"
@@ -54,8 +57,21 @@ class EvalConfig:
         if self.fidelity_features not in FIDELITY_FEATURES:
             raise ValueError(f"fidelity_features={self.fidelity_features!r} is unknown; use "
                              f"{' | '.join(FIDELITY_FEATURES)}")
-        if not self.classifier_seeds:
-            raise ValueError("classifier_seeds is empty; give at least one, e.g. [0, 1, 2]")
+        checks.whole_number(self.kid_subsets, "kid_subsets", 1, 100)
+        checks.whole_number(self.min_images, "metric_min_images", 2, 50)
+        checks.whole_number(self.near_duplicate_bits, "near_duplicate_bits", 0, 6)
+        checks.whole_number(self.classifier.steps, "classifier_steps", 1, 600)
+        # Two 2x poolings: below 4 px nothing is left to pool.
+        checks.whole_number(self.classifier.image_px, "classifier_image_px", 4, 32)
+        seeds = self.classifier_seeds
+        if not isinstance(seeds, tuple | list) or not seeds:
+            raise checks.SettingError(f"classifier_seeds={seeds!r} must be a non-empty list of "
+                                      "seeds, e.g. [0, 1, 2]")
+        for value in seeds:
+            checks.random_seed(value, "classifier_seeds")
+        checks.whole_number(self.classifier_min_per_class, "classifier_min_per_class", 1, 10)
+        checks.whole_number(self.gallery_size, "gallery_size", 1, 8)
+        checks.random_seed(self.seed, "kid_seed")
 
 
 # --- the image sets

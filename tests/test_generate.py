@@ -19,11 +19,12 @@ from PIL import Image
 from shoelib import generate as G
 from shoelib.io import FolderInUseError
 from shoelib.lora_io import LoraFileError
-from shoelib.paths import PROJECT_ROOT, RunPaths
+from shoelib.paths import CONFIGS_DIR, PROJECT_ROOT, RunPaths
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CATEGORY = "Casual Shoes"
+DEMO_PROFILE = yaml.safe_load((CONFIGS_DIR / "demo.yaml").read_text())
 SPLIT_ROWS = [("Black", "Men", "Summer"), ("Black", "Men", "Fall"), ("Black", "Women", "Summer"),
               ("Brown", "Men", "Winter"), ("Navy Blue", "Unisex", "Summer"), ("NA", "Men", "")]
 
@@ -123,10 +124,56 @@ def test_bad_prompt_template_is_named(template, message):
 def test_bad_generation_settings_fail_before_loading(tiny_sd_dir):
     with pytest.raises(G.GenerateConfigError, match="scheduler='dpm'"):
         gen_config(tiny_sd_dir, scheduler="dpm").check()
+    # Errors name 06's parameters, not the config's field names.
+    with pytest.raises(ValueError, match="^generation_steps=0 must be a whole number >= 1"):
+        gen_config(tiny_sd_dir, steps=0).check()
+    with pytest.raises(G.GenerateConfigError, match="^generation_batch_size=0 must be"):
+        gen_config(tiny_sd_dir, batch_size=0).check()
+    with pytest.raises(G.GenerateConfigError, match="^lora_strength='abc'"):
+        gen_config(tiny_sd_dir, lora_strength="abc").check()
     with pytest.raises(ValueError, match="resolution=500"):
         gen_config(tiny_sd_dir, resolution=500).check()
     with pytest.raises(G.LoraNotFoundError, match="05_train_lora"):
         gen_config(tiny_sd_dir, lora=Path("/nowhere/lora.safetensors")).check()
+
+
+def _params_06(output_root, **overrides) -> dict:
+    """Notebook 06's parameters cell, with `overrides` as papermill would inject them."""
+    import ast
+
+    import nbformat
+
+    nb = nbformat.read(PROJECT_ROOT / "notebooks" / "06_generate.ipynb", as_version=4)
+    params = {}
+    for line in nb.cells[1].source.splitlines():
+        code = line.partition("  #")[0]
+        if "=" in code:
+            name, _, value = code.partition("=")
+            params[name.strip()] = ast.literal_eval(value.strip())
+    return {**params, "output_root": str(output_root), "lora_path": "none", **overrides}
+
+
+def test_06_and_the_command_line_share_one_parameter_mapping_without_defaults(output_root):
+    source = (PROJECT_ROOT / "notebooks" / "06_generate.ipynb").read_text()
+    assert "G.configs_from_params(" in source and "GenerateConfig(" not in source
+    params = _params_06(output_root)
+    plan_config, gen, out_dir = G.configs_from_params(params)
+    assert gen.batch_size == params["generation_batch_size"] == 8  # the notebook's, not 4
+    assert (gen.steps, plan_config.seed) == (params["generation_steps"], params["generation_seed"])
+    assert out_dir == RunPaths(output_root).synthetic / "demo"
+    del params["generation_batch_size"]
+    with pytest.raises(G.GenerateConfigError, match="generation_batch_size are not set"):
+        G.configs_from_params(params)
+
+
+def test_06_values_are_checked_before_any_file_is_read(tmp_path):
+    # output_root has no train split and no LoRA: a bad value must be named first.
+    for name, value in (("n_images", 0), ("generation_seed", "abc"), ("view_phrases", "side"),
+                        ("generation_steps", 0)):
+        with pytest.raises(ValueError, match=f"^{name}="):
+            G.configs_from_params(_params_06(tmp_path, **{name: value}))
+    with pytest.raises(FileNotFoundError):
+        G.configs_from_params(_params_06(tmp_path))
 
 
 @pytest.mark.parametrize("name, cls", [("dpm++", "DPMSolverMultistepScheduler"),
@@ -356,7 +403,7 @@ def _free_port() -> int:
 def test_two_processes_share_the_plan_under_accelerate(tiny_sd_dir, output_root, tmp_path):
     root = tmp_path / "out"
     shutil.copytree(output_root, root)
-    config = {"output_root": str(root), "seed": 5, "category": CATEGORY, "model": str(tiny_sd_dir),
+    config = {**DEMO_PROFILE, "output_root": str(root), "generation_seed": 5, "model": str(tiny_sd_dir),
               "resolution": 64, "device": "cpu", "lora_path": "none", "run_name": "sharded",
               "n_images": 6, "generation_steps": 2, "generation_batch_size": 2}
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
@@ -388,7 +435,7 @@ def test_sigkilled_command_line_run_resumes_to_the_exact_count(tiny_sd_dir, outp
 
     root = tmp_path / "out"
     shutil.copytree(output_root, root)
-    config = {"output_root": str(root), "seed": 9, "category": CATEGORY, "model": str(tiny_sd_dir),
+    config = {**DEMO_PROFILE, "output_root": str(root), "generation_seed": 9, "model": str(tiny_sd_dir),
               "resolution": 64, "device": "cpu", "lora_path": "none", "run_name": "killed",
               "n_images": 12, "generation_steps": 4, "generation_batch_size": 1}
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
