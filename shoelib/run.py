@@ -16,6 +16,7 @@ takes its kernel along too (shoelib.processes), so no orphan keeps writing into 
 from __future__ import annotations
 
 import argparse
+import ast
 import difflib
 import os
 import signal
@@ -91,16 +92,34 @@ def parse_overrides(pairs: list[list[str]]) -> dict[str, Any]:
     return {key: yaml.safe_load(value) for key, value in pairs}
 
 
-def declared_parameters(step: Step) -> set[str]:
+def declared_parameters(step: Step) -> dict[str, Any]:
+    """The names the notebook's `parameters` cell declares, with their default values."""
     import papermill
 
     params = papermill.inspect_notebook(str(step.path))
     if not params:
         raise RunError(f"{step.path.name} has no cell tagged 'parameters'")
-    return set(params)
+    return {name: ast.literal_eval(p["default"]) for name, p in params.items()}
 
 
-def check_keys(params: dict[str, Any], declared: dict[str, set[str]]) -> None:
+def as_declared_type(value: Any, default: Any) -> Any:
+    """A text value read as a number where the parameter's default is a number.
+
+    YAML reads `1e-4` (without a dot) as text, so `-p learning_rate 1e-4` would reach the
+    notebook as a string; a text that is no number stays text, and the notebook's config
+    names the parameter.
+    """
+    if isinstance(default, bool) or not isinstance(default, int | float) or not isinstance(value, str):
+        return value
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def check_keys(params: dict[str, Any], declared: dict[str, Any]) -> None:
     """Every key must be used by some notebook: a typo must not silently run the defaults."""
     known = set().union(*declared.values())
     for key in params:
@@ -108,6 +127,14 @@ def check_keys(params: dict[str, Any], declared: dict[str, set[str]]) -> None:
             close = difflib.get_close_matches(key, sorted(known), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise RunError(f"parameter {key!r} is declared by no notebook{hint}")
+
+
+def typed_parameters(params: dict[str, Any], declared: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """`params` checked against the notebooks' parameters (`check_keys`), each text value read
+    as a number where the parameter's default is one (`as_declared_type`)."""
+    check_keys(params, declared)
+    defaults = {k: v for names in declared.values() for k, v in names.items()}
+    return {k: as_declared_type(v, defaults[k]) for k, v in params.items()}
 
 
 def render_html(notebook_path: Path) -> Path:
@@ -181,7 +208,7 @@ def run(profile: str, only: str | None = None, start: str | None = None,
     # Keys are checked against every notebook, not just the selected ones: one profile
     # file serves them all.
     declared = {s.name: declared_parameters(s) for s in all_steps}
-    check_keys(params, declared)
+    params = typed_parameters(params, declared)
     if profile == "demo":
         from shoelib.demo import ensure_demo_assets
 

@@ -138,3 +138,27 @@ def test_a_stopped_runner_takes_its_kernel_and_workers_along(tmp_path, sig):
                 proc.kill()
             runner.kill()
         runner.wait()
+
+
+def test_text_becomes_a_number_where_the_parameters_cell_holds_one():
+    declared = {s.name: run.declared_parameters(s) for s in run.discover_notebooks()}
+    got = run.typed_parameters(
+        run.parse_overrides([["learning_rate", "1e-4"], ["max_train_steps", "40"],
+                             ["top_n", "abc"], ["run_name", "v1e-4"], ["lora_path", "none"]]),
+        declared)
+    assert got == {"learning_rate": 1e-4, "max_train_steps": 40, "top_n": "abc",
+                   "run_name": "v1e-4", "lora_path": "none"}
+    assert type(got["learning_rate"]) is float and type(got["max_train_steps"]) is int
+    assert run.declared_parameters(run.discover_notebooks()[0])["top_n"] == 15
+
+
+def test_a_bad_parameter_stops_the_run_with_the_notebooks_one_line_error(tmp_path):
+    step = run.discover_notebooks()[0]  # 01_analysis checks its parameters in its first code cell
+    # (cell 3 in papermill's count: the injected parameters are cell 2)
+    with pytest.raises(RunError) as err:
+        run.run_step(step, {"top_n": "abc", "output_root": str(tmp_path / "out")},
+                     tmp_path / "reports")
+    first_line = str(err.value).splitlines()[0]
+    assert first_line == (f"{step.name} failed in cell 3 (CatalogError: top_n='abc' (it is text) "
+                          "must be a whole number >= 1; use e.g. 15)")
+    assert not (tmp_path / "out").exists()  # nothing was written before the check
