@@ -25,7 +25,7 @@ from functools import partial
 
 from shoelib.device import DevicePolicy, choose_policy, cpu_generator, measure_peak_memory
 from shoelib.paths import DEMO_DIR
-from shoelib.pipeline import TEST_PROMPTS, generate_checked, load_pipeline
+from shoelib.pipeline import generate_checked, inference_prompts, load_pipeline
 
 
 def plain_image(pipe, prompt: str, settings: dict, seed: int) -> None:
@@ -77,7 +77,7 @@ def main() -> None:
         half = choose_policy(args.device, half_dtype)
     sliced = DevicePolicy(base.device, base.dtype, "benchmark: slicing forced on",
                           attention_slicing=True, mixed_precision=base.mixed_precision)
-    prompt = TEST_PROMPTS[0]
+    prompt = inference_prompts(1)[0]
     settings = {"steps": args.steps, "resolution": args.resolution, "guidance_scale": 7.5}
 
     runs = {}

@@ -292,8 +292,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label:<22}{r['median_seconds_per_step']:>9.2f}"
               f"{1 / r['median_seconds_per_step']:>9.3f}{r['peak_rss_bytes'] / 1e9:>13.2f}"
               f"{r['wall_seconds']:>9.1f}")
-    print(f"speed-up (steps/s): {summary['speedup_steps_per_second']:.2f}x (target >= 1.3x)")
-    print(f"peak RSS reduction: {100 * summary['peak_rss_reduction']:.1f}% (target >= 15%; "
+    speedup, reduction = summary["speedup_steps_per_second"], summary["peak_rss_reduction"]
+    print(f"speed-up (steps/s): {speedup:.2f}x (target >= 1.3x: "
+          f"{'met' if speedup >= 1.3 else 'missed'})")
+    print(f"peak RSS reduction: {100 * reduction:.1f}% (target >= 15%: "
+          f"{'met' if reduction >= 0.15 else 'missed'}; "
           f"a UNet-only step with no inputs at all: "
           f"{100 * summary['floor_peak_rss_reduction']:.1f}%)")
     ok = summary["lora_params"] == SD15_LORA_PARAMS == base["trainable_params"]

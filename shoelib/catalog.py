@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
+from shoelib import checks
 from shoelib.images import MIN_IMAGE_SIDE, check_min_side, size_problem
 
 REQUIRED_COLUMNS = (
@@ -55,6 +56,28 @@ IMAGE_COLUMNS = (
 
 class CatalogError(ValueError):
     """A catalogue that cannot be read as asked (missing column, unknown category, bad value)."""
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """Notebook 01's parameters, checked on construction (before anything is read)."""
+
+    data_root: str
+    category: str
+    output_root: str
+    sample_seed: int
+    top_n: int
+    sample_grid_size: int
+    min_image_side: int
+
+    def __post_init__(self) -> None:
+        checks.text(self.data_root, "data_root", "data/raw/fashion-dataset", CatalogError)
+        checks.text(self.category, "category", "Casual Shoes", CatalogError)
+        checks.text(self.output_root, "output_root", "data/demo", CatalogError)
+        checks.random_seed(self.sample_seed, "sample_seed", CatalogError)
+        checks.whole_number(self.top_n, "top_n", 1, 15, CatalogError)
+        checks.whole_number(self.sample_grid_size, "sample_grid_size", 1, 12, CatalogError)
+        check_min_side(self.min_image_side)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from shoelib import report
+from shoelib import checks, report
+from shoelib.captions import DEFAULT_TEMPLATE, FIELDS, check_template, fill, is_missing
 from shoelib.images import (
     MIN_IMAGE_SIDE,
     PREPARATION_VERSION,
@@ -38,7 +38,7 @@ from shoelib.images import (
     prepare_images,
     size_problem,
 )
-from shoelib.io import atomic_path, write_json, write_text
+from shoelib.io import atomic_path, folder_lock, write_json, write_text
 from shoelib.paths import resolve
 
 SPLITS = ("train", "val", "test")
@@ -48,23 +48,11 @@ UNKNOWN_COLOUR = "Unknown"  # stratification label of rows without a colour
 METADATA_JSONL = "metadata.jsonl"
 MANIFEST = "prepare_manifest.jsonl"
 
-DEFAULT_CAPTION_TEMPLATE = (
-    "A professional product photo of {colour} {article}, {season} collection, {gender}, "
-    "{brand}, centered on white background, high quality, product photography"
-)
-# placeholder -> (catalogue column, what it becomes)
-CAPTION_FIELDS: dict[str, tuple[str, str]] = {
-    "colour": ("baseColour", "lowercased, e.g. 'navy blue'"),
-    "article": ("articleType", "lowercased, e.g. 'casual shoes'"),
-    "season": ("season", "as written, e.g. 'Summer'"),
-    "gender": ("gender", "as written, e.g. 'Men'"),
-    "brand": ("brand", "as parsed from the name, e.g. 'United Colors of Benetton'"),
-    "usage": ("usage", "as written, e.g. 'Casual'"),
-    "year": ("year", "four digits, e.g. '2012'"),
-    "name": ("productDisplayName", "the full product name"),
+# placeholder -> the catalogue column that fills it (see shoelib.captions)
+CAPTION_COLUMNS = {
+    "colour": "baseColour", "article": "articleType", "season": "season", "gender": "gender",
+    "brand": "brand", "usage": "usage", "year": "year", "name": "productDisplayName",
 }
-# Cell values that mean "no value": the catalogue writes "NA" for not available.
-MISSING_TEXT = frozenset({"", "na", "n/a", "nan", "none", "null", "<na>"})
 # Attributes copied into metadata.jsonl (column there -> catalogue column).
 EXPORT_ATTRIBUTES = {
     "id": "id", "colour": "baseColour", "gender": "gender", "season": "season",
@@ -76,10 +64,6 @@ IMAGE_REASONS = {"missing": "image missing", "unreadable": "image unreadable"}
 
 class DatasetError(ValueError):
     """A dataset request that cannot be met as given (bad parameter, empty selection)."""
-
-
-class CaptionTemplateError(DatasetError):
-    """A caption template with an unknown or malformed placeholder."""
 
 
 class MissingInputError(FileNotFoundError):
@@ -96,7 +80,7 @@ class SplitConfig:
 
     fractions: train, val, test shares (sum 1).
     min_class_rows: colours with fewer usable rows share one stratum, "Other".
-    seed: random_state of the split.
+    seed: random_state of the split (02's split_seed: no other step's seed moves the split).
     column: the stratification column.
     """
 
@@ -106,7 +90,12 @@ class SplitConfig:
     column: str = "baseColour"
 
     def __post_init__(self) -> None:
-        values = tuple(float(f) for f in self.fractions)
+        shares = self.fractions
+        if not isinstance(shares, list | tuple) or not all(
+                isinstance(f, int | float) and not isinstance(f, bool) for f in shares):
+            raise DatasetError(f"split_fractions={shares!r} must be a list of three shares for "
+                               "train, val, test; e.g. [0.70, 0.15, 0.15]")
+        values = tuple(float(f) for f in shares)
         object.__setattr__(self, "fractions", values)
         if len(values) != 3 or any(f < 0 for f in values) or values[0] <= 0:
             raise DatasetError(
@@ -116,8 +105,8 @@ class SplitConfig:
             raise DatasetError(
                 f"split_fractions={list(values)} sum to {sum(values):g}, not 1; "
                 "e.g. [0.70, 0.15, 0.15]")
-        if int(self.min_class_rows) < 1:
-            raise DatasetError(f"min_class_rows={self.min_class_rows} must be >= 1; use 10")
+        checks.whole_number(self.min_class_rows, "min_class_rows", 1, 10, DatasetError)
+        checks.random_seed(self.seed, "split_seed", DatasetError)
 
 
 @dataclass(frozen=True)
@@ -126,7 +115,7 @@ class DatasetConfig:
 
     category: the articleType (names the output folder).
     image_size: side of the square PNGs (px).
-    caption_template: see `render_caption`; placeholders CAPTION_FIELDS.
+    caption_template: see `shoelib.captions` (its clauses without a value are dropped).
     split: SplitConfig.
     workers: image-preparation processes; 0 = one per CPU.
     png_compress_level: zlib level 0-9 (pixels identical; 1 is fast, 6 smaller).
@@ -135,15 +124,18 @@ class DatasetConfig:
 
     category: str
     image_size: int = 512
-    caption_template: str = DEFAULT_CAPTION_TEMPLATE
+    caption_template: str = DEFAULT_TEMPLATE
     split: SplitConfig = field(default_factory=SplitConfig)
     workers: int = 0
     png_compress_level: int = 1
     min_image_side: int = MIN_IMAGE_SIDE
 
     def __post_init__(self) -> None:
+        checks.text(self.category, "category", "Casual Shoes", DatasetError)
+        checks.whole_number(self.image_size, "image_size", 8, 512, DatasetError)
         check_template(self.caption_template)
-        self.prepare_config()  # validates image_size, png_compress_level and min_image_side
+        checks.whole_number(self.workers, "prepare_workers", 0, 0, DatasetError)
+        self.prepare_config()  # validates png_compress_level and min_image_side
 
     def prepare_config(self) -> PrepareConfig:
         return PrepareConfig(size=self.image_size, compress_level=self.png_compress_level,
@@ -155,7 +147,7 @@ class DatasetConfig:
             "category": self.category, "image_size": self.image_size,
             "caption_template": self.caption_template,
             "split_fractions": list(self.split.fractions),
-            "min_class_rows": self.split.min_class_rows, "seed": self.split.seed,
+            "min_class_rows": self.split.min_class_rows, "split_seed": self.split.seed,
             "stratify_column": self.split.column, "png_compress_level": self.png_compress_level,
             "min_image_side": self.min_image_side, "preparation_version": PREPARATION_VERSION,
         }
@@ -241,7 +233,7 @@ class SplitResult:
 
 def colour_labels(values: pd.Series) -> pd.Series:
     """Colours as split tables show them: missing values (empty, "NA") become "Unknown"."""
-    return values.astype("object").map(lambda v: UNKNOWN_COLOUR if _is_missing(v) else str(v))
+    return values.astype("object").map(lambda v: UNKNOWN_COLOUR if is_missing(v) else str(v))
 
 
 def strata_labels(values: pd.Series, min_class_rows: int) -> pd.Series:
@@ -350,95 +342,25 @@ def split_table(frame: pd.DataFrame, split: pd.Series, column: str = "baseColour
 # Captions
 
 
-def check_template(template: str) -> tuple[str, ...]:
-    """The placeholders a caption template uses.
-
-    Raises:
-        CaptionTemplateError: a placeholder is not in CAPTION_FIELDS, is positional ({}),
-            has a format spec/conversion, or a brace is unbalanced.
-    """
-    valid = ", ".join("{" + k + "}" for k in CAPTION_FIELDS)
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as err:
-        raise CaptionTemplateError(
-            f"caption_template {template!r} is malformed ({err}); write {{{{ }}}} for a literal "
-            f"brace; placeholders: {valid}") from None
-    names = []
-    for _, name, spec, conversion in parsed:
-        if name is None:
-            continue
-        if name not in CAPTION_FIELDS:
-            raise CaptionTemplateError(
-                f"caption_template has unknown placeholder {{{name}}}; valid placeholders: {valid}")
-        if spec or conversion:
-            raise CaptionTemplateError(
-                f"caption_template placeholder {{{name}}} has a format spec or conversion; "
-                f"write plain {{{name}}}")
-        names.append(name)
-    return tuple(names)
-
-
-def caption_values(row: Mapping[str, Any]) -> dict[str, str | None]:
-    """The placeholder values of one catalogue row; None where the row has no value."""
-    values: dict[str, str | None] = {}
-    for name, (column, _) in CAPTION_FIELDS.items():
-        value = row.get(column)
-        if _is_missing(value):
-            values[name] = None
-        elif name == "year":
-            values[name] = str(int(float(value)))
-        elif name in ("colour", "article"):
-            values[name] = " ".join(str(value).split()).lower()
-        else:
-            values[name] = " ".join(str(value).split())
+def caption_values(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The placeholder values of one catalogue row (a row has no view phrase)."""
+    values = {name: row.get(column) for name, column in CAPTION_COLUMNS.items()}
+    if not is_missing(values["year"]):
+        values["year"] = str(int(float(values["year"])))
     return values
 
 
 def render_caption(template: str, row: Mapping[str, Any]) -> str:
-    """Fill a caption template from one row, dropping clauses that lose their meaning.
-
-    The template is read as comma-separated clauses. A clause whose placeholders all have
-    no value is dropped ("{season} collection" with an empty season); otherwise a missing
-    placeholder becomes nothing ("photo of {colour} {article}" without colour reads "photo
-    of casual shoes"). Spaces are collapsed and no clause is left empty, so a caption never
-    holds ", ," or "None".
-
-    Args:
-        template: text with placeholders from CAPTION_FIELDS.
-        row: a catalogue row (mapping of column -> value).
-    Returns:
-        The caption.
-    Raises:
-        CaptionTemplateError: see `check_template`.
-    """
-    check_template(template)
-    values = caption_values(row)
-    clauses = []
-    for clause in template.split(","):
-        used = [name for _, name, _, _ in string.Formatter().parse(clause) if name]
-        if used and all(values[name] is None for name in used):
-            continue
-        text = " ".join(clause.format(**{k: v or "" for k, v in values.items()}).split())
-        if text:
-            clauses.append(text)
-    return ", ".join(clauses)
+    """The caption of one catalogue row: `shoelib.captions.fill` with the row's values."""
+    return fill(template, caption_values(row))
 
 
-def captions(frame: pd.DataFrame, template: str = DEFAULT_CAPTION_TEMPLATE) -> pd.Series:
+def captions(frame: pd.DataFrame, template: str = DEFAULT_TEMPLATE) -> pd.Series:
     """`render_caption` for every row, aligned with frame.index."""
     check_template(template)
     records = frame.to_dict("records")
     return pd.Series([render_caption(template, r) for r in records], index=frame.index,
                      dtype="object", name="caption")
-
-
-def _is_missing(value: Any) -> bool:
-    if value is None or value is pd.NA:
-        return True
-    if isinstance(value, float) and math.isnan(value):
-        return True
-    return isinstance(value, str) and value.strip().lower() in MISSING_TEXT
 
 
 # ---------------------------------------------------------------------------------------------
@@ -526,8 +448,16 @@ def export_dataset(plan: DatasetPlan, out_dir: str | Path, config: DatasetConfig
         progress: show a progress bar.
     Returns:
         ExportResult.
+    Raises:
+        FolderInUseError: another run is exporting into out_dir (the folder is locked for
+            the export, so two runs never delete each other's files).
     """
-    out_dir = Path(out_dir)
+    with folder_lock(out_dir):
+        return _export_locked(plan, Path(out_dir), config, progress)
+
+
+def _export_locked(plan: DatasetPlan, out_dir: Path, config: DatasetConfig,
+                   progress: bool) -> ExportResult:
     for name in SPLITS:
         (out_dir / name).mkdir(parents=True, exist_ok=True)
     _remove_temp_files(out_dir)
@@ -627,9 +557,9 @@ def export_record(row: Mapping[str, Any]) -> dict[str, Any]:
     for key, column in EXPORT_ATTRIBUTES.items():
         value = row.get(column)
         if key in ("id", "year"):
-            record[key] = None if _is_missing(value) else int(float(value))
+            record[key] = None if is_missing(value) else int(float(value))
         else:
-            record[key] = "" if _is_missing(value) else str(value)
+            record[key] = "" if is_missing(value) else str(value)
     record["split"] = row["split"]
     return record
 
@@ -650,7 +580,7 @@ def dataset_metadata(rows: pd.DataFrame, skipped: pd.DataFrame, split: SplitResu
         "skipped_count": len(skipped),
         "skipped_reasons": {str(k): int(v) for k, v in skipped["reason"].value_counts().items()},
         "skipped": [{"id": int(r["id"]), "reason": r["reason"],
-                     **({"detail": r["detail"]} if not _is_missing(r["detail"]) else {})}
+                     **({"detail": r["detail"]} if not is_missing(r["detail"]) else {})}
                     for r in skipped.to_dict("records")],
         "layout": {"images": "<split>/<id>.png", "captions": "<split>/<id>.txt",
                    "metadata": f"<split>/{METADATA_JSONL}"},
@@ -740,8 +670,7 @@ def dataset_card(metadata: Mapping[str, Any]) -> str:
         f"    - {name}/{METADATA_JSONL}"
         for name in SPLITS if counts.get(name))
     rows = "\n".join(f"| {name} | {counts.get(name, 0):,} |" for name in SPLITS)
-    fields = "\n".join(f"- `{{{k}}}`: {column}, {note}" for k, (column, note)
-                       in CAPTION_FIELDS.items())
+    fields = "\n".join(f"- `{{{k}}}`: {note}" for k, note in FIELDS.items())
     # The category is catalogue text: quoted for YAML, escaped for markdown.
     pretty_name = json.dumps(f"{metadata['category']} product photos ({size}x{size})")
     category = report.text(metadata["category"])
@@ -771,7 +700,7 @@ Made by `shoelib.dataset` (notebook 02_prepare_dataset).
 
 Split: stratified by `{params["stratify_column"]}` (colours with fewer than
 {params["min_class_rows"]} rows grouped as "Other"), fractions {params["split_fractions"]},
-seed {params["seed"]}. Stratified: {metadata["stratified"]}. Skipped rows:
+seed {params["split_seed"]}. Stratified: {metadata["stratified"]}. Skipped rows:
 {metadata["skipped_count"]} ({metadata["skipped_reasons"]}); see metadata.json.
 
 ## Files

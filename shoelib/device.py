@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import psutil
 import torch
 
+from shoelib import checks
+
 DEVICES = ("cuda", "mps", "cpu")
 
 # diffusers' MPS guide: "We recommend using attention slicing on computers with < 64 GB RAM".
@@ -222,6 +224,12 @@ def choose_policy(device: str = "auto", dtype: str | torch.dtype = "auto", *,
 
 def _name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
+
+
+def set_cpu_threads(cpu_threads: int) -> None:
+    """The notebooks' `cpu_threads` parameter: 0 keeps torch's default, n > 0 uses n threads."""
+    if checks.whole_number(cpu_threads, "cpu_threads", 0, 1, DeviceError):
+        torch.set_num_threads(cpu_threads)
 
 
 # --- seeded noise

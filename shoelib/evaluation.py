@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from shoelib import checks
 from shoelib import classifier as C
 from shoelib import metrics as M
 from shoelib.paths import RunPaths, resolve
@@ -38,7 +39,9 @@ class EvalConfig:
         classifier_seeds: one classifier per seed and training set.
         classifier_min_per_class: fewest real training images for a colour to be a class.
         gallery_size: images in each of the best/worst galleries.
-        seed: KID subset sampling seed.
+        seed: KID subset sampling seed (07's kid_seed).
+
+    `check` names 07's parameters (metric_min_images for min_images, ...).
     """
 
     fidelity_features: str = "clip"
@@ -55,8 +58,21 @@ class EvalConfig:
         if self.fidelity_features not in FIDELITY_FEATURES:
             raise ValueError(f"fidelity_features={self.fidelity_features!r} is unknown; use "
                              f"{' | '.join(FIDELITY_FEATURES)}")
-        if not self.classifier_seeds:
-            raise ValueError("classifier_seeds is empty; give at least one, e.g. [0, 1, 2]")
+        checks.whole_number(self.kid_subsets, "kid_subsets", 1, 100)
+        checks.whole_number(self.min_images, "metric_min_images", 2, 50)
+        checks.whole_number(self.near_duplicate_bits, "near_duplicate_bits", 0, 6)
+        checks.whole_number(self.classifier.steps, "classifier_steps", 1, 600)
+        # Two 2x poolings: below 4 px nothing is left to pool.
+        checks.whole_number(self.classifier.image_px, "classifier_image_px", 4, 32)
+        seeds = self.classifier_seeds
+        if not isinstance(seeds, tuple | list) or not seeds:
+            raise checks.SettingError(f"classifier_seeds={seeds!r} must be a non-empty list of "
+                                      "seeds, e.g. [0, 1, 2]")
+        for value in seeds:
+            checks.random_seed(value, "classifier_seeds")
+        checks.whole_number(self.classifier_min_per_class, "classifier_min_per_class", 1, 10)
+        checks.whole_number(self.gallery_size, "gallery_size", 1, 8)
+        checks.random_seed(self.seed, "kid_seed")
 
 
 # --- the image sets
@@ -227,6 +243,12 @@ class PhotoChecks:
     confusion_synthetic: pd.DataFrame
     confusion_real: pd.DataFrame
 
+    @property
+    def real_colour_ceiling(self) -> M.MetricResult:
+        """Agreement of the real test photos' dominant colour with their labels: label noise
+        and the measure's limits cap what a synthetic set can score, at this run's N."""
+        return next(r for r in self.results if r.name == "colour accuracy (real)")
+
 
 def photo_checks(sets: EvalSets, thresholds: M.PhotoThresholds | None = None) -> PhotoChecks:
     """Colour faithfulness (synthetic vs prompt; real test vs label = the label-noise baseline)
@@ -266,13 +288,15 @@ def diversity_and_memorisation(checks: PhotoChecks, feats: dict[str, np.ndarray]
 
 @dataclass(frozen=True)
 class DownstreamStudy:
-    """The classifier study: classes, every run, mean ± std per training set, table rows."""
+    """The classifier study: classes, every run, mean ± std per training set, table rows,
+    and the majority-class baseline (`classifier.majority_baseline`; {} if not computed)."""
 
     classes: list[str]
     runs: pd.DataFrame
     summary: pd.DataFrame
     results: list[M.MetricResult]
     notes: tuple[str, ...]
+    baseline: dict = field(default_factory=dict)
 
 
 def downstream_study(sets: EvalSets, config: EvalConfig) -> DownstreamStudy:
@@ -298,8 +322,10 @@ def downstream_study(sets: EvalSets, config: EvalConfig) -> DownstreamStudy:
     runs = C.downstream_study(train_sets, test, len(classes), config.classifier,
                               config.classifier_seeds)
     summary = C.summarise_study(runs)
-    return DownstreamStudy(classes, runs, summary, C.study_results(summary, len(classes)),
-                           tuple(notes))
+    baseline = C.majority_baseline(real.y, test.y, len(classes))
+    return DownstreamStudy(classes, runs, summary,
+                           C.study_results(summary, len(classes), baseline), tuple(notes),
+                           baseline)
 
 
 def labelled_set(name: str, frame: pd.DataFrame, classes: Sequence[str], px: int) -> C.LabelledSet:
@@ -366,8 +392,9 @@ def confusion_figure(confusion: pd.DataFrame, title: str) -> Any:
     return fig
 
 
-def downstream_figure(summary: pd.DataFrame, n_classes: int) -> Any:
-    """Bars of accuracy and macro-F1 (mean ± std over seeds) per training set."""
+def downstream_figure(summary: pd.DataFrame, baseline: dict | None = None) -> Any:
+    """Bars of accuracy and macro-F1 (mean ± std over seeds) per training set, with the
+    majority-class baseline (`classifier.majority_baseline`) as a dashed line."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
@@ -377,8 +404,8 @@ def downstream_figure(summary: pd.DataFrame, n_classes: int) -> Any:
             continue
         ax.bar(summary["training_set"], summary[f"{metric}_mean"], yerr=summary[f"{metric}_std"],
                capsize=4, color=["#4c72b0", "#55a868", "#c44e52"][:len(summary)])
-        if metric == "accuracy" and n_classes:
-            ax.axhline(1 / n_classes, color="grey", ls="--", lw=1, label="chance")
+        if baseline:
+            ax.axhline(baseline[metric], color="grey", ls="--", lw=1, label="majority baseline")
             ax.legend(fontsize=8)
         ax.set_ylim(0, 1)
         ax.set_title(f"{metric.replace('_', '-')} on real test (mean ± std over seeds)", fontsize=9)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import string
 import sys
 import time
 from collections import Counter
@@ -44,15 +43,25 @@ import numpy as np
 import pandas as pd
 from PIL import Image, PngImagePlugin
 
-from shoelib.io import atomic_path, read_json, write_json, write_text
+from shoelib import checks
+from shoelib.captions import (
+    DEFAULT_TEMPLATE,
+    CaptionTemplateError,
+    check_template,
+    fill,
+    is_missing,
+)
+from shoelib.io import (
+    FolderInUseError,
+    atomic_path,
+    read_json,
+    shared_folder_lock,
+    write_json,
+    write_text,
+)
 from shoelib.paths import RunPaths, resolve
 
 VIEW_PHRASES = ("side view", "three-quarter view", "top view", "pair")
-DEFAULT_PROMPT_TEMPLATE = (
-    "A professional product photo of {colour} {article}, {season} collection, {gender}, "
-    "{view}, centered on white background, high quality, product photography"
-)
-PLACEHOLDERS = ("colour", "article", "season", "gender", "view")
 # Accepted `scheduler` names -> diffusers class ("model" keeps the model's own scheduler).
 SCHEDULERS = {
     "dpm++": "DPMSolverMultistepScheduler", "ddim": "DDIMScheduler", "pndm": "PNDMScheduler",
@@ -64,7 +73,6 @@ MANIFEST = "metadata.jsonl"
 RUN_FILE = "run.json"
 SUMMARY = "summary.json"
 PNG_RECORD_KEY = "shoelib"  # PNG text chunk with the image's record as JSON
-MISSING = frozenset({"", "na", "n/a", "nan", "none", "null"})
 
 
 class GenerateConfigError(ValueError):
@@ -96,7 +104,8 @@ class PromptPlanConfig:
         colours, genders, seasons: (value, weight) pairs each attribute is drawn from.
         views: view/style phrases, drawn uniformly.
         article: the product noun of the prompt, e.g. "casual shoes".
-        template: prompt with placeholders {colour} {article} {season} {gender} {view}.
+        template: the caption template (shoelib.captions); it must use {colour}. A plan
+            item has no brand, usage, year or name: clauses with only those are dropped.
     """
 
     n_images: int
@@ -106,21 +115,26 @@ class PromptPlanConfig:
     seasons: tuple[tuple[str, float], ...] = (("Summer", 1.0),)
     views: tuple[str, ...] = VIEW_PHRASES
     article: str = "casual shoes"
-    template: str = DEFAULT_PROMPT_TEMPLATE
+    template: str = DEFAULT_TEMPLATE
 
     def check(self) -> None:
         """Raise GenerateConfigError for an unusable plan (before any heavy work)."""
-        if isinstance(self.n_images, bool) or not isinstance(self.n_images, int) or self.n_images < 1:
-            raise GenerateConfigError(f"n_images={self.n_images!r} must be a whole number >= 1")
+        checks.whole_number(self.n_images, "n_images", 1, 5000, GenerateConfigError)
+        checks.random_seed(self.seed, "generation_seed", GenerateConfigError)
         for name in ("colours", "genders", "seasons"):
             pairs = getattr(self, name)
             if not pairs or any(w < 0 for _, w in pairs) or sum(w for _, w in pairs) <= 0:
                 raise GenerateConfigError(
                     f"{name}={pairs!r} needs at least one value with a positive weight; "
                     "check that the train split has values in that column")
-        if not self.views:
-            raise GenerateConfigError("view_phrases is empty; give at least one, e.g. ['side view']")
-        check_template(self.template)
+        if not self.views or not all(isinstance(v, str) and v.strip() for v in self.views):
+            raise GenerateConfigError(f"view_phrases={list(self.views)!r} must be a list of "
+                                      "phrases, e.g. ['side view', 'top view']")
+        try:
+            # {colour} is required: 07 scores whether each image shows the colour asked for.
+            check_template(self.template, required=("colour",))
+        except CaptionTemplateError as err:
+            raise GenerateConfigError(str(err)) from None
 
 
 @dataclass(frozen=True)
@@ -140,22 +154,6 @@ class PlannedImage:
         return f"{self.index:06d}.png"
 
 
-def check_template(template: str) -> None:
-    """Raise GenerateConfigError for unknown or missing placeholders."""
-    try:
-        names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
-    except ValueError as err:
-        raise GenerateConfigError(f"prompt_template is malformed ({err}): {template!r}") from None
-    unknown = names - set(PLACEHOLDERS)
-    if unknown:
-        raise GenerateConfigError(
-            f"prompt_template uses unknown placeholder(s) {sorted(unknown)}; "
-            f"use {', '.join('{' + p + '}' for p in PLACEHOLDERS)}")
-    if "colour" not in names:
-        raise GenerateConfigError("prompt_template has no {colour}: the plan's colours would "
-                                  "not reach the prompts (07 scores colour faithfulness)")
-
-
 def attribute_weights(values: Iterable[Any], mode: str = "real") -> tuple[tuple[str, float], ...]:
     """(value, weight) pairs from a column of the train split, most frequent first.
 
@@ -166,9 +164,7 @@ def attribute_weights(values: Iterable[Any], mode: str = "real") -> tuple[tuple[
     if mode not in COLOUR_DISTRIBUTIONS:
         raise GenerateConfigError(f"colour_distribution={mode!r} is unknown; use "
                                   f"{' or '.join(COLOUR_DISTRIBUTIONS)}")
-    kept = [str(v).strip() for v in values
-            if v is not None and not (isinstance(v, float) and np.isnan(v))
-            and str(v).strip().lower() not in MISSING]
+    kept = [str(v).strip() for v in values if not is_missing(v)]
     counts = Counter(kept).most_common()
     total = sum(n for _, n in counts)
     if mode == "uniform":
@@ -179,7 +175,7 @@ def attribute_weights(values: Iterable[Any], mode: str = "real") -> tuple[tuple[
 def plan_config_from_split(train_dir: str | Path, *, n_images: int, seed: int,
                            colour_distribution: str = "real",
                            views: Sequence[str] = VIEW_PHRASES, article: str = "Casual Shoes",
-                           template: str = DEFAULT_PROMPT_TEMPLATE) -> PromptPlanConfig:
+                           template: str = DEFAULT_TEMPLATE) -> PromptPlanConfig:
     """A plan config whose colours, genders and seasons follow the prepared train split.
 
     Colours follow the train split's shares ("real") or are uniform over its colours
@@ -189,7 +185,7 @@ def plan_config_from_split(train_dir: str | Path, *, n_images: int, seed: int,
 
     frame = read_split(train_dir)
     config = PromptPlanConfig(
-        n_images=n_images, seed=int(seed),
+        n_images=n_images, seed=seed,
         colours=attribute_weights(frame.get("colour", []), colour_distribution),
         genders=attribute_weights(frame.get("gender", []), "real"),
         seasons=attribute_weights(frame.get("season", []), "real"),
@@ -210,8 +206,8 @@ def plan_item(config: PromptPlanConfig, index: int) -> PlannedImage:
     colour, gender = _draw(rng, config.colours), _draw(rng, config.genders)
     season, view = _draw(rng, config.seasons), config.views[int(rng.integers(len(config.views)))]
     seed = int(rng.integers(0, 2**31 - 1))
-    prompt = config.template.format(colour=colour.lower(), article=config.article,
-                                    season=season, gender=gender, view=view)
+    prompt = fill(config.template, {"colour": colour, "article": config.article,
+                                    "season": season, "gender": gender, "view": view})
     return PlannedImage(index, prompt, seed, colour, gender, season, view)
 
 
@@ -258,17 +254,23 @@ class GenerateConfig:
     local_config: str | None = None
 
     def check(self) -> None:
-        """Raise a clear error for unusable settings, before any model is loaded."""
+        """Raise a clear error for unusable settings, before any model is loaded; errors
+        name 06's parameters (generation_steps, generation_batch_size, ...)."""
         from shoelib.pipeline import check_generation_settings
 
-        check_generation_settings(self.resolution, self.steps, self.guidance_scale)
+        checks.text(self.model, "model", "stable-diffusion-v1-5/stable-diffusion-v1-5",
+                    GenerateConfigError)
+        check_generation_settings(self.resolution, self.steps, self.guidance_scale,
+                                  steps_param="generation_steps")
+        checks.number(self.lora_strength, "lora_strength", example=1.0, error=GenerateConfigError)
         if self.scheduler not in SCHEDULERS:
             raise GenerateConfigError(f"scheduler={self.scheduler!r} is unknown; use one of "
                                       f"{', '.join(SCHEDULERS)}")
-        for name in ("batch_size", "max_attempts"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise GenerateConfigError(f"{name}={value!r} must be a whole number >= 1")
+        checks.whole_number(self.batch_size, "generation_batch_size", 1, 4, GenerateConfigError)
+        checks.whole_number(self.max_attempts, "max_attempts", 1, 3, GenerateConfigError)
+        if not isinstance(self.negative_prompt, str):
+            raise GenerateConfigError(f"negative_prompt={self.negative_prompt!r} must be text; "
+                                      '"" for none')
         if self.lora_path is not None and not Path(self.lora_path).is_file():
             raise LoraNotFoundError(f"lora_path={str(self.lora_path)!r} is not a file; run "
                                     "05_train_lora or set lora_path to its .safetensors file")
@@ -302,13 +304,14 @@ def find_lora(output_root: str | Path, lora_path: str | None = "") -> Path | Non
                 "(or its folder), '' for the one 05_train_lora wrote, or 'none' for the base model")
         read_header(path)
         return path
-    summary = RunPaths.from_param(output_root).lora / "summary.json"
+    paths = RunPaths.from_param(output_root)
+    summary = paths.lora / "summary.json"
     if not summary.is_file():
         raise LoraNotFoundError(
             f"no LoRA found: {summary} does not exist. Run 05_train_lora first (same "
             "output_root), or set lora_path to a LoRA .safetensors file, or lora_path='none' "
             "to generate with the base model alone")
-    path = resolve(read_json(summary).get("lora_diffusers") or "")
+    path = paths.locate(read_json(summary).get("lora_diffusers") or "")
     if not path.is_file():
         raise LoraNotFoundError(f"{summary} names lora_diffusers={str(path)!r}, which does not "
                                 "exist; rerun 05_train_lora or set lora_path")
@@ -364,17 +367,26 @@ def run_settings(plan_config: PromptPlanConfig, gen: GenerateConfig) -> dict[str
 
 
 def check_run_folder(out_dir: Path, settings: Mapping[str, Any]) -> None:
-    """Raise RunMismatchError if out_dir/run.json records other settings."""
+    """Raise RunMismatchError if out_dir/run.json records other settings and the folder holds
+    results made with them (a run.json alone, left by a run that failed to start, is replaced)."""
     path = out_dir / RUN_FILE
-    if not path.is_file():
+    if not path.is_file() or not holds_results(out_dir):
         return
     old = read_json(path)
-    changed = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
+    # The LoRA counts by content (lora_fingerprint), not by where it lies: moving an
+    # output_root moves its LoRA, and the run must still resume.
+    changed = [k for k in sorted(set(old) | set(settings))
+               if k != "lora" and old.get(k) != settings.get(k)]
     if changed:
         detail = "; ".join(f"{k}: {_short(old.get(k))} -> {_short(settings.get(k))}" for k in changed[:4])
         raise RunMismatchError(
             f"{out_dir} holds images made with other settings ({detail}). Choose a new "
             "run_name, or delete that folder to start over")
+
+
+def holds_results(out_dir: Path) -> bool:
+    """Whether the folder holds an image or a given-up marker of some plan."""
+    return any(out_dir.glob("[0-9]*.png")) or any(out_dir.glob("[0-9]*.failed.json"))
 
 
 def _short(value: Any) -> str:
@@ -637,7 +649,8 @@ def generate(plan_config: PromptPlanConfig, gen: GenerateConfig, out_dir: str | 
     """Generate the plan into out_dir, resuming what an earlier call left; accelerate-aware.
 
     1. Check settings and the run folder (before loading any model).
-    2. The main process removes temp files of killed runs and records run.json.
+    2. The main process locks the folder (a second run into it fails with the holder's pid),
+       removes temp files of killed runs and records run.json.
     3. Every process lists the finished items; after a barrier the remaining items are
        dealt round-robin (remaining[rank::world]), so a resumed run stays balanced.
     4. Each process renders its share; the main process rebuilds metadata.jsonl from the
@@ -651,31 +664,33 @@ def generate(plan_config: PromptPlanConfig, gen: GenerateConfig, out_dir: str | 
     check_run_folder(out_dir, settings)
     state, policy = process_state(gen)
     t0 = time.perf_counter()
-    if state.is_main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        remove_temp_files(out_dir)
-        if not (out_dir / RUN_FILE).is_file():
+    with shared_folder_lock(out_dir, state):
+        check_run_folder(out_dir, settings)  # again: another run may have written it meanwhile
+        if state.is_main_process:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            remove_temp_files(out_dir)
+            # Either the same settings or a folder without images (a run that failed to start).
             write_json(out_dir / RUN_FILE, settings)
-    state.wait_for_everyone()
-    done = finished_items(out_dir, plan)
-    state.wait_for_everyone()  # nobody writes before everyone has listed the same files
-    todo = [item for item in plan if item.index not in done]
-    mine = todo[state.process_index::state.num_processes]
-    counts: Counter = Counter()
-    if mine:
-        pipe = load_generation_pipeline(gen, policy)
-        counts = generate_items(pipe, mine, out_dir, gen, policy,
-                                progress=progress and state.is_local_main_process,
-                                process=state.process_index)
-    state.wait_for_everyone()
-    manifest, summary = pd.DataFrame(), {}
-    if state.is_main_process:
-        manifest = rebuild_manifest(out_dir, plan)
-        summary = run_summary(out_dir, plan, manifest, gen, policy,
-                              processes=state.num_processes,
-                              call={"todo": len(todo), "already_done": len(done),
-                                    "wall_seconds": round(time.perf_counter() - t0, 2)})
-        write_json(out_dir / SUMMARY, summary)
+        state.wait_for_everyone()
+        done = finished_items(out_dir, plan)
+        state.wait_for_everyone()  # nobody writes before everyone has listed the same files
+        todo = [item for item in plan if item.index not in done]
+        mine = todo[state.process_index::state.num_processes]
+        counts: Counter = Counter()
+        if mine:
+            pipe = load_generation_pipeline(gen, policy)
+            counts = generate_items(pipe, mine, out_dir, gen, policy,
+                                    progress=progress and state.is_local_main_process,
+                                    process=state.process_index)
+        state.wait_for_everyone()
+        manifest, summary = pd.DataFrame(), {}
+        if state.is_main_process:
+            manifest = rebuild_manifest(out_dir, plan)
+            summary = run_summary(out_dir, plan, manifest, gen, policy,
+                                  processes=state.num_processes,
+                                  call={"todo": len(todo), "already_done": len(done),
+                                        "wall_seconds": round(time.perf_counter() - t0, 2)})
+            write_json(out_dir / SUMMARY, summary)
     return GenerationResult(out_dir, manifest, summary, dict(counts), len(done))
 
 
@@ -780,26 +795,58 @@ def read_run(run_dir: str | Path) -> SyntheticRun:
 # --- command line (accelerate launch)
 
 
+# Notebook 06's parameters that decide the run (the notebook's cpu_threads and
+# generation_grid_size only change how fast it runs and what it shows).
+GENERATE_PARAMETERS = (
+    "output_root", "category", "model", "local_config", "device", "dtype", "generation_seed",
+    "resolution", "guidance_scale", "lora_path", "lora_strength", "run_name", "n_images",
+    "colour_distribution", "view_phrases", "caption_template", "negative_prompt", "scheduler",
+    "generation_steps", "generation_batch_size", "max_attempts",
+)
+
+
 def configs_from_params(params: Mapping[str, Any]) -> tuple[PromptPlanConfig, GenerateConfig, Path]:
-    """Build the plan config, the generation config and the run folder from flat parameters
-    (the keys of configs/<profile>.yaml that notebook 06 declares)."""
-    p = dict(params)
+    """The plan config, the generation config and the run folder from 06's parameters.
+
+    The one mapping from parameter names to the two configs: notebook 06 and
+    `python -m shoelib.generate --config` both call it, and it has no defaults of its own
+    (a missing parameter is an error). Every value is checked before a file is read.
+
+    Args:
+        params: at least GENERATE_PARAMETERS (other keys, e.g. a whole profile, are ignored).
+    """
+    missing = [k for k in GENERATE_PARAMETERS if k not in params]
+    if missing:
+        raise GenerateConfigError(f"06's parameter(s) {', '.join(missing)} are not set; add them "
+                                  "(configs/demo.yaml lists every one)")
+    p = {k: params[k] for k in GENERATE_PARAMETERS}
+    for name, example in (("output_root", "data/demo"), ("category", "Casual Shoes")):
+        checks.text(p[name], name, example, GenerateConfigError)  # run_name: paths.path_name
+    views = p["view_phrases"]
+    if not isinstance(views, list | tuple):
+        raise GenerateConfigError(f"view_phrases={views!r} must be a list of phrases, "
+                                  "e.g. ['side view', 'top view']")
+    # The plan's own checks, with a stand-in colour: the split's shares are read below.
+    PromptPlanConfig(n_images=p["n_images"], seed=p["generation_seed"], colours=(("any", 1.0),),
+                     views=tuple(views), article=p["category"],
+                     template=p["caption_template"]).check()
+    gen = GenerateConfig(
+        model=p["model"], lora_path=None, lora_strength=p["lora_strength"],
+        scheduler=p["scheduler"], steps=p["generation_steps"],
+        guidance_scale=p["guidance_scale"], negative_prompt=p["negative_prompt"] or "",
+        resolution=p["resolution"], batch_size=p["generation_batch_size"],
+        max_attempts=p["max_attempts"], device=p["device"], dtype=p["dtype"],
+        local_config=p["local_config"])
+    gen.check()
     paths = RunPaths.from_param(p["output_root"])
     out_dir = paths.synthetic_run(p["run_name"])  # a bad name fails before any data is read
+    # Only now the files: the LoRA 05 wrote and the train split's shares.
+    gen = replace(gen, model=model_name(gen.model),
+                  lora_path=find_lora(p["output_root"], p["lora_path"]))
     plan_config = plan_config_from_split(
-        paths.processed(p["category"]) / "train", n_images=int(p["n_images"]), seed=int(p["seed"]),
-        colour_distribution=p.get("colour_distribution", "real"),
-        views=tuple(p.get("view_phrases", VIEW_PHRASES)), article=p["category"],
-        template=p.get("prompt_template", DEFAULT_PROMPT_TEMPLATE))
-    gen = GenerateConfig(
-        model=model_name(p["model"]),
-        lora_path=find_lora(p["output_root"], p.get("lora_path", "")),
-        lora_strength=float(p.get("lora_strength", 1.0)), scheduler=p.get("scheduler", "dpm++"),
-        steps=int(p.get("generation_steps", 25)), guidance_scale=float(p.get("guidance_scale", 7.5)),
-        negative_prompt=p.get("negative_prompt") or "", resolution=int(p["resolution"]),
-        batch_size=int(p.get("generation_batch_size", 4)), max_attempts=int(p.get("max_attempts", 3)),
-        device=p.get("device", "auto"), dtype=p.get("dtype", "auto"),
-        local_config=p.get("local_config"))
+        paths.processed(p["category"]) / "train", n_images=p["n_images"],
+        seed=p["generation_seed"], colour_distribution=p["colour_distribution"],
+        views=tuple(views), article=p["category"], template=p["caption_template"])
     return plan_config, gen, out_dir
 
 
@@ -813,12 +860,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="override one parameter (repeatable), e.g. -p n_images 100")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    from shoelib.run import as_declared_type
+
     params = yaml.safe_load(resolve(args.config).read_text()) or {}
-    params.update({k: yaml.safe_load(v) for k, v in args.p})
+    # The profile's values give each -p its type, as the runner's parameters cells do.
+    params.update({k: as_declared_type(yaml.safe_load(v), params.get(k)) for k, v in args.p})
     try:
         plan_config, gen, out_dir = configs_from_params(params)
         result = generate(plan_config, gen, out_dir, progress=not args.no_progress)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, FolderInUseError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     if result.summary:

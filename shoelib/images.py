@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from shoelib.io import atomic_path
+from shoelib.processes import die_with_parent
 
 # Bump when a change here would change the pixels of a prepared image: the dataset manifest
 # records it, so a rerun redoes the images instead of keeping stale ones.
@@ -295,7 +296,9 @@ def prepare_images(jobs: Sequence[tuple[str | Path, str | Path]],
             return
         # Small chunks keep results flowing in order; large enough to amortise the IPC.
         chunksize = max(1, min(8, len(tasks) // (n_workers * 4)))
-        pool = ProcessPoolExecutor(max_workers=n_workers)
+        # Workers die with this process: a killed run must not leave them writing images.
+        pool = ProcessPoolExecutor(max_workers=n_workers, initializer=die_with_parent,
+                                   initargs=(os.getpid(),))
         try:
             for result in pool.map(_prepare_job, tasks, chunksize=chunksize):
                 yield result

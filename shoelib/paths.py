@@ -72,6 +72,22 @@ class RunPaths:
     def from_param(cls, output_root: str | Path) -> RunPaths:
         return cls(resolve(output_root))
 
+    def relative(self, value: object) -> object:
+        """A path under `root` as summaries store it, relative to `root`, so that a moved or
+        copied output_root still finds its files (`locate` reads it back). Anything else
+        (other paths, text, numbers) is returned unchanged."""
+        if isinstance(value, str | Path) and Path(value).is_absolute():
+            try:
+                return str(Path(value).relative_to(self.root))
+            except ValueError:
+                pass
+        return value
+
+    def locate(self, stored: str | Path) -> Path:
+        """The file a summary names: relative paths are under `root`, absolute ones as given."""
+        path = Path(stored)
+        return path if path.is_absolute() else self.root / path
+
     @property
     def analysis(self) -> Path:
         return self.root / "analysis"

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from shoelib import checks
+from shoelib.captions import DEFAULT_TEMPLATE, check_template, fill
 from shoelib.device import DevicePolicy, initial_latents, step_noise_generator, synchronize
 from shoelib.paths import resolve
 
@@ -30,14 +32,16 @@ DEFAULT_HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 # "owner/name" with exactly one slash: the shape of a Hugging Face repo id.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
-# Fixed test prompts in the caption style of the prepared dataset (no brand: it is not part
-# of what a test image should show).
-TEST_PROMPTS = tuple(
-    f"A professional product photo of {colour} casual shoes, {season} collection, {gender}, "
-    "centered on white background, high quality, product photography"
-    for colour, season, gender in (("black", "summer", "men"), ("brown", "winter", "men"),
-                                   ("white", "summer", "women"), ("grey", "fall", "unisex"),
-                                   ("blue", "spring", "men"), ("red", "summer", "women")))
+# What 04's test images ask for, written as the catalogue writes it; the prompts are the
+# caption template filled with these (no brand: it is not part of what a test image shows).
+TEST_SUBJECTS = (
+    {"colour": "Black", "season": "Summer", "gender": "Men", "view": "side view"},
+    {"colour": "Brown", "season": "Winter", "gender": "Men", "view": "three-quarter view"},
+    {"colour": "White", "season": "Summer", "gender": "Women", "view": "top view"},
+    {"colour": "Grey", "season": "Fall", "gender": "Unisex", "view": "pair"},
+    {"colour": "Blue", "season": "Spring", "gender": "Men", "view": "side view"},
+    {"colour": "Red", "season": "Summer", "gender": "Women", "view": "three-quarter view"},
+)
 
 # Image checks (pixels in [0, 1]). A black product shoot still has a white background, so
 # an image whose 99th percentile is below 10/255 is a failure, not a dark photo.
@@ -216,21 +220,22 @@ def resolution_problem(resolution: object) -> str | None:
     return f"resolution={resolution!r} is not a positive multiple of 8; use {fix}"
 
 
-def check_generation_settings(resolution: int, steps: int, guidance_scale: float = 7.5) -> None:
+def check_generation_settings(resolution: int, steps: int, guidance_scale: float = 7.5,
+                              steps_param: str = "inference_steps") -> None:
     """Raise GenerationSettingsError for values the pipeline would reject or mishandle.
 
     Args:
         resolution: image side in pixels; a multiple of 8 (the VAE downsamples 8x).
         steps: denoising steps, >= 1.
         guidance_scale: classifier-free guidance weight, >= 0 (<= 1 disables guidance).
+        steps_param: the parameter `steps` came from (04: inference_steps, 06: generation_steps).
     """
     if problem := resolution_problem(resolution):
         raise GenerationSettingsError(problem)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
-        raise GenerationSettingsError(f"inference_steps={steps!r} must be a whole number >= 1; "
+        raise GenerationSettingsError(f"{steps_param}={steps!r} must be a whole number >= 1; "
                                       "use e.g. 30 (real model) or 4 (tiny demo model)")
-    if not guidance_scale >= 0:
-        raise GenerationSettingsError(f"guidance_scale={guidance_scale!r} must be >= 0; use 7.5")
+    checks.number(guidance_scale, "guidance_scale", 0, example=7.5, error=GenerationSettingsError)
 
 
 # --- checking an image
@@ -504,9 +509,43 @@ def timing_summary(seconds: list[float]) -> dict:
             "n": len(seconds)}
 
 
-def inference_prompts(n: int) -> list[str]:
-    """The first `n` of TEST_PROMPTS, cycling when n is larger."""
-    return [TEST_PROMPTS[i % len(TEST_PROMPTS)] for i in range(n)]
+def inference_prompts(n: int, template: str = DEFAULT_TEMPLATE,
+                      article: str = "Casual Shoes") -> list[str]:
+    """`n` test prompts: the template filled with TEST_SUBJECTS in turn (cycling)."""
+    return [fill(template, {**TEST_SUBJECTS[i % len(TEST_SUBJECTS)], "article": article})
+            for i in range(n)]
+
+
+@dataclass(frozen=True)
+class InferenceTestConfig:
+    """Notebook 04's parameters, checked on construction (before any model is loaded)."""
+
+    model: str
+    local_config: str | None
+    resolution: int
+    inference_steps: int
+    guidance_scale: float
+    n_test_images: int
+    inference_seed: int
+    caption_template: str
+    category: str
+
+    def __post_init__(self) -> None:
+        checks.text(self.model, "model", DEFAULT_HUB_ID, GenerationSettingsError)
+        check_generation_settings(self.resolution, self.inference_steps, self.guidance_scale)
+        checks.whole_number(self.n_test_images, "n_test_images", 1, 4, GenerationSettingsError)
+        checks.random_seed(self.inference_seed, "inference_seed", GenerationSettingsError)
+        check_template(self.caption_template)
+        checks.text(self.category, "category", "Casual Shoes", GenerationSettingsError)
+
+    @property
+    def prompts(self) -> list[str]:
+        return inference_prompts(self.n_test_images, self.caption_template, self.category)
+
+    @property
+    def seeds(self) -> list[int]:
+        """Image i uses inference_seed + i."""
+        return [self.inference_seed + i for i in range(self.n_test_images)]
 
 
 # --- showing results
@@ -538,7 +577,7 @@ def prompt_playground(pipe, policy: DevicePolicy, *, steps: int, resolution: int
     import ipywidgets as widgets
     from IPython.display import display
 
-    prompt = widgets.Textarea(value=TEST_PROMPTS[0], layout=widgets.Layout(width="100%"))
+    prompt = widgets.Textarea(value=inference_prompts(1)[0], layout=widgets.Layout(width="100%"))
     seed_box = widgets.IntText(value=seed, description="seed")
     button = widgets.Button(description="Generate", button_style="primary")
     output = widgets.Output()

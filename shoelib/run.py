@@ -2,27 +2,38 @@
 
     python -m shoelib.run --profile demo                 # 01 -> 07 on the embedded default
     python -m shoelib.run --profile full --from 05       # resume the real job at training
-    python -m shoelib.run --profile demo --only 01,02 -p data_root ../shared/real-sample
+    python -m shoelib.run --profile demo --only 01,02 -p data_root data/raw/fashion-dataset
 
 Each notebook gets the keys of `configs/<profile>.yaml` (plus `-p` overrides) that its
 `parameters` cell declares, and is written to `reports/<profile>/NN_name.ipynb` with a
 rendered `.html` beside it. The run stops at the first failing notebook and names the cell.
+
+The kernel ends with the runner: on SIGTERM or SIGINT the runner shuts the kernel's process
+group (the kernel and its worker processes) down and exits, and on Linux a SIGKILLed runner
+takes its kernel along too (shoelib.processes), so no orphan keeps writing into the run.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import difflib
+import os
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from jupyter_client.manager import AsyncKernelManager
 
 from shoelib.io import write_text
 from shoelib.paths import CONFIGS_DIR, NOTEBOOKS_DIR, PROJECT_ROOT, REPORTS_DIR
+from shoelib.processes import die_with_parent
 
 
 class RunError(Exception):
@@ -81,16 +92,34 @@ def parse_overrides(pairs: list[list[str]]) -> dict[str, Any]:
     return {key: yaml.safe_load(value) for key, value in pairs}
 
 
-def declared_parameters(step: Step) -> set[str]:
+def declared_parameters(step: Step) -> dict[str, Any]:
+    """The names the notebook's `parameters` cell declares, with their default values."""
     import papermill
 
     params = papermill.inspect_notebook(str(step.path))
     if not params:
         raise RunError(f"{step.path.name} has no cell tagged 'parameters'")
-    return set(params)
+    return {name: ast.literal_eval(p["default"]) for name, p in params.items()}
 
 
-def check_keys(params: dict[str, Any], declared: dict[str, set[str]]) -> None:
+def as_declared_type(value: Any, default: Any) -> Any:
+    """A text value read as a number where the parameter's default is a number.
+
+    YAML reads `1e-4` (without a dot) as text, so `-p learning_rate 1e-4` would reach the
+    notebook as a string; a text that is no number stays text, and the notebook's config
+    names the parameter.
+    """
+    if isinstance(default, bool) or not isinstance(default, int | float) or not isinstance(value, str):
+        return value
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def check_keys(params: dict[str, Any], declared: dict[str, Any]) -> None:
     """Every key must be used by some notebook: a typo must not silently run the defaults."""
     known = set().union(*declared.values())
     for key in params:
@@ -98,6 +127,14 @@ def check_keys(params: dict[str, Any], declared: dict[str, set[str]]) -> None:
             close = difflib.get_close_matches(key, sorted(known), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise RunError(f"parameter {key!r} is declared by no notebook{hint}")
+
+
+def typed_parameters(params: dict[str, Any], declared: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """`params` checked against the notebooks' parameters (`check_keys`), each text value read
+    as a number where the parameter's default is one (`as_declared_type`)."""
+    check_keys(params, declared)
+    defaults = {k: v for names in declared.values() for k, v in names.items()}
+    return {k: as_declared_type(v, defaults[k]) for k, v in params.items()}
 
 
 def render_html(notebook_path: Path) -> Path:
@@ -109,6 +146,33 @@ def render_html(notebook_path: Path) -> Path:
     return write_text(notebook_path.with_suffix(".html"), body)
 
 
+class RunnerBoundKernelManager(AsyncKernelManager):
+    """Starts the kernel so that it is killed when the runner process ends, however it ends."""
+
+    async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
+        runner = os.getpid()
+        await super()._async_launch_kernel(kernel_cmd, preexec_fn=lambda: die_with_parent(runner),
+                                           **kw)
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM stops the run as Ctrl-C does, so the same clean-up runs (nbclient shuts the
+    kernel's process group down, the runner exits 130)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_step(step: Step, params: dict[str, Any], out_dir: Path) -> Path:
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -116,14 +180,16 @@ def run_step(step: Step, params: dict[str, Any], out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     output = out_dir / step.path.name
     try:
-        papermill.execute_notebook(
-            str(step.path),
-            str(output),
-            parameters=params,
-            cwd=str(PROJECT_ROOT),
-            progress_bar=True,
-            report_mode=False,
-        )
+        with sigterm_as_interrupt():
+            papermill.execute_notebook(
+                str(step.path),
+                str(output),
+                parameters=params,
+                cwd=str(PROJECT_ROOT),
+                progress_bar=True,
+                report_mode=False,
+                kernel_manager_class=RunnerBoundKernelManager,
+            )
     except PapermillExecutionError as err:
         render_html(output)  # the failed run is a record too
         raise RunError(
@@ -142,7 +208,7 @@ def run(profile: str, only: str | None = None, start: str | None = None,
     # Keys are checked against every notebook, not just the selected ones: one profile
     # file serves them all.
     declared = {s.name: declared_parameters(s) for s in all_steps}
-    check_keys(params, declared)
+    params = typed_parameters(params, declared)
     if profile == "demo":
         from shoelib.demo import ensure_demo_assets
 
@@ -174,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     except RunError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the kernel is already shut down
+        print("error: interrupted; the kernel was stopped. Rerun the same command to resume",
+              file=sys.stderr)
+        return 130
     return 0
 
 

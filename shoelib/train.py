@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import json
 import os
 import random
@@ -33,8 +34,9 @@ import shutil
 import statistics
 import sys
 import time
+import warnings
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +45,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from shoelib.device import DevicePolicy, choose_policy, cpu_generator, peak_memory_bytes
-from shoelib.io import atomic_path, read_json, write_json
+from shoelib.io import atomic_path, file_sha256, read_json, shared_folder_lock, write_json
 from shoelib.latent_cache import CacheStats, cache_latents, cache_text, load_latent, load_text
 from shoelib.lora_io import (
     DIFFUSERS_WEIGHT_NAME,
@@ -60,11 +62,20 @@ LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine",
                  "cosine_with_restarts", "polynomial")
 # Settings that may change between a checkpoint and its resumption: they change what is
 # logged, kept or how fast it runs, not the numbers a step computes.
+# Folders are free too, so that a copied or moved run folder resumes; the train split is
+# compared by its content instead (TRAIN_DATA_KEY).
 RESUME_FREE_KEYS = frozenset({
-    "output_dir", "cache_dir", "val_dir", "validation_every", "num_validation_prompts",
+    "train_dir", "output_dir", "cache_dir", "val_dir", "validation_every", "num_validation_prompts",
     "validation_inference_steps", "validation_guidance_scale", "checkpoint_every",
     "checkpoints_to_keep", "gradient_checkpointing", "device",
 })
+TRAIN_DATA_KEY = "train_split_content"
+CHECKPOINT_MANIFEST = "manifest.json"  # written last: the sizes and sha256 of every other file
+
+
+# TrainConfig fields that notebook 05 fills from a parameter of another name: errors name both.
+NOTEBOOK_PARAMETERS = {"seed": "train_seed", "validation_inference_steps": "inference_steps",
+                       "validation_guidance_scale": "guidance_scale"}
 
 
 class TrainConfigError(ValueError):
@@ -73,6 +84,10 @@ class TrainConfigError(ValueError):
 
 class ResumeMismatchError(ValueError):
     """The checkpoint to resume was written with different settings."""
+
+
+class CheckpointError(RuntimeError):
+    """Checkpoints exist, but none of them is intact."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -85,8 +100,8 @@ class NonFiniteLossError(RuntimeError):
 class TrainConfig:
     """Everything one LoRA training run depends on. Validated on construction.
 
-    Folders are stored as absolute path strings (the config is saved as JSON in every
-    checkpoint and compared on resume).
+    Folders are stored as absolute path strings. The config is saved as JSON in every
+    checkpoint and compared on resume, folders excepted (RESUME_FREE_KEYS).
     """
 
     model: str                    # hub id or local diffusers folder
@@ -125,6 +140,7 @@ class TrainConfig:
         for name in ("train_dir", "output_dir", "cache_dir", "val_dir"):
             value = getattr(self, name)
             if value is not None:
+                _require(isinstance(value, str | Path), f"{name}={value!r} must be a folder path")
                 object.__setattr__(self, name, str(resolve(value)))
         check_config(self)
 
@@ -137,12 +153,40 @@ class TrainConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise TrainConfigError(f"unknown training setting(s) {unknown}; known: {sorted(known)}")
+        required = [f.name for f in fields(cls) if f.default is MISSING]
+        absent = [name for name in required if name not in values]
+        if absent:
+            raise TrainConfigError(f"training setting(s) {absent} are required (with "
+                                   f"{', '.join(required)})")
         return cls(**values)
+
+    @classmethod
+    def from_json(cls, path: Path) -> TrainConfig:
+        """The config in a JSON file of its fields; errors name the file or the setting."""
+        try:
+            values = json.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as err:
+            raise TrainConfigError(f"cannot read --config {path} ({err.strerror}); pass a JSON "
+                                   "file of TrainConfig fields") from None
+        except UnicodeDecodeError as err:
+            raise TrainConfigError(f"--config {path} is not UTF-8 text (byte {err.start}); "
+                                   "save it as UTF-8 JSON") from None
+        except json.JSONDecodeError as err:
+            raise TrainConfigError(f"--config {path} is not valid JSON: {err.msg} at line "
+                                   f"{err.lineno}, column {err.colno}") from None
+        if not isinstance(values, dict):
+            raise TrainConfigError(f"--config {path} must hold a JSON object of TrainConfig "
+                                   f"fields, not a {type(values).__name__}")
+        return cls.from_dict(values)
 
 
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise TrainConfigError(message)
+
+
+def _alias(name: str) -> str:
+    return f" (05's {NOTEBOOK_PARAMETERS[name]})" if name in NOTEBOOK_PARAMETERS else ""
 
 
 def check_config(c: TrainConfig) -> None:
@@ -157,12 +201,12 @@ def check_config(c: TrainConfig) -> None:
                           ("gradient_accumulation_steps", 8), ("validation_inference_steps", 30),
                           ("checkpoints_to_keep", 2)):
         value = getattr(c, name)
-        _require(whole(value) and value > 0, f"{name}={value!r} must be a whole number > 0; "
-                                             f"use e.g. {example}")
+        _require(whole(value) and value > 0, f"{name}={value!r}{_alias(name)} must be a whole "
+                                             f"number > 0; use e.g. {example}")
     for name, example in (("lora_alpha", 16), ("learning_rate", 1e-4), ("max_grad_norm", 1.0)):
         value = getattr(c, name)
-        text = " (it is text: YAML reads 1e-4 as a string, write 1.0e-4)" if isinstance(value, str) else ""
-        _require(isinstance(value, int | float) and value > 0,
+        text = " (it is text)" if isinstance(value, str) else ""
+        _require(isinstance(value, int | float) and not isinstance(value, bool) and value > 0,
                  f"{name}={value!r} must be a number > 0{text}; use e.g. {example}")
     for name in ("lr_warmup_steps", "validation_every", "checkpoint_every",
                  "num_validation_prompts"):
@@ -170,8 +214,13 @@ def check_config(c: TrainConfig) -> None:
         _require(whole(value) and value >= 0, f"{name}={value!r} must be a whole number >= 0")
     for name in ("snr_gamma", "noise_offset", "validation_guidance_scale"):
         value = getattr(c, name)
-        _require(isinstance(value, int | float) and value >= 0, f"{name}={value!r} must be >= 0 "
-                                                                "(0 turns it off)")
+        _require(isinstance(value, int | float) and not isinstance(value, bool) and value >= 0,
+                 f"{name}={value!r}{_alias(name)} must be a number >= 0 (0 turns it off)")
+    _require(whole(c.seed) and c.seed >= 0,
+             f"seed={c.seed!r}{_alias('seed')} must be a whole number >= 0; use e.g. 42")
+    for name in ("random_flip", "gradient_checkpointing"):
+        _require(isinstance(getattr(c, name), bool),
+                 f"{name}={getattr(c, name)!r} must be true or false")
     _require(isinstance(c.caption_dropout, int | float) and 0 <= c.caption_dropout < 1,
              f"caption_dropout={c.caption_dropout!r} must be in [0, 1); use 0.1 or 0 (off)")
     _require(c.lr_scheduler in LR_SCHEDULERS,
@@ -422,7 +471,7 @@ class History:
 
     train_loss: list[list[float]] = field(default_factory=list)  # [step, loss]
     val_loss: list[list[float]] = field(default_factory=list)    # [step, loss]
-    grids: list[list] = field(default_factory=list)              # [step, path]
+    grids: list[list] = field(default_factory=list)              # [step, path in output_dir]
     step_seconds: list[float] = field(default_factory=list)
 
 
@@ -465,20 +514,87 @@ def checkpoints_dir(config: TrainConfig) -> Path:
 
 
 def list_checkpoints(folder: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (staging folders start with '.' and are ignored)."""
+    """Checkpoint folders, oldest first (staging folders start with '.' and are ignored);
+    `verify_checkpoint` says whether one is intact."""
     if not folder.is_dir():
         return []
-    found = [p for p in folder.iterdir() if _CHECKPOINT.match(p.name) and (p / "state.json").exists()]
+    found = [p for p in folder.iterdir() if _CHECKPOINT.match(p.name) and p.is_dir()]
     return sorted(found, key=lambda p: int(_CHECKPOINT.match(p.name).group(1)))
 
 
-def check_resume(checkpoint: Path, config: TrainConfig, num_processes: int) -> None:
-    """Raise ResumeMismatchError naming every setting that differs from the checkpoint's."""
+def verify_checkpoint(folder: Path) -> str | None:
+    """What is wrong with a checkpoint folder (None: intact).
+
+    `save_checkpoint` writes manifest.json last, with the size and sha256 of every other
+    file, so a truncated, missing or altered file is caught here instead of failing inside
+    safetensors, torch.load or json. A checkpoint without a manifest was written before
+    checkpoints had one and is taken as it is.
+    """
+    manifest = folder / CHECKPOINT_MANIFEST
+    if not manifest.is_file():
+        return None if (folder / "state.json").is_file() else "state.json is missing"
+    try:
+        files = read_json(manifest)["files"]
+    except (ValueError, KeyError, TypeError) as err:
+        return f"{CHECKPOINT_MANIFEST} is unreadable ({err})"
+    for name, expected in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != expected["bytes"]:
+            return f"{name} has {path.stat().st_size:,} bytes, not {expected['bytes']:,}"
+        if file_sha256(path) != expected["sha256"]:
+            return f"{name} does not match its sha256"
+    return None
+
+
+def resume_checkpoint(folder: Path) -> Path | None:
+    """The newest intact checkpoint in `folder` (None when there is none at all).
+
+    A damaged newer checkpoint is skipped with a warning naming it and what is wrong; it is
+    replaced when training reaches its step again.
+
+    Raises:
+        CheckpointError: there are checkpoints, but none is intact.
+    """
+    found = list_checkpoints(folder)
+    broken = []
+    for checkpoint in reversed(found):
+        problem = verify_checkpoint(checkpoint)
+        if problem is None:
+            if broken:
+                warnings.warn(f"checkpoint {'; '.join(broken)}: resuming from the older "
+                              f"{checkpoint} instead", UserWarning, stacklevel=2)
+            return checkpoint
+        broken.append(f"{checkpoint} is damaged ({problem})")
+    if broken:
+        raise CheckpointError(f"no intact checkpoint to resume: {'; '.join(broken)}. Delete "
+                              f"{folder} to train from the start")
+    return None
+
+
+def train_data_fingerprint(frame) -> str:
+    """A sha256 of the train split as training sees it: file names, captions and image sizes
+    in file order. Resuming compares this, not the folder's path, so a moved run resumes."""
+    rows = [[Path(p).name, text, Path(p).stat().st_size]
+            for p, text in zip(frame["image_path"], frame["text"], strict=True)]
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+
+
+def check_resume(checkpoint: Path, config: TrainConfig, num_processes: int,
+                 train_data: str) -> None:
+    """Raise ResumeMismatchError naming every setting that differs from the checkpoint's.
+
+    `train_data` is `train_data_fingerprint` of the train split now. A checkpoint written
+    before checkpoints recorded it is compared by train_dir instead.
+    """
     saved = read_json(checkpoint / "state.json")
-    now = {**config.to_dict(), "num_processes": num_processes}
-    before = {**saved["config"], "num_processes": saved["num_processes"]}
+    now = {**config.to_dict(), "num_processes": num_processes, TRAIN_DATA_KEY: train_data}
+    before = {**saved["config"], "num_processes": saved["num_processes"],
+              TRAIN_DATA_KEY: saved.get(TRAIN_DATA_KEY, train_data)}
+    free = RESUME_FREE_KEYS - ({"train_dir"} if TRAIN_DATA_KEY not in saved else set())
     differing = sorted(k for k in now.keys() | before.keys()
-                       if k not in RESUME_FREE_KEYS and now.get(k) != before.get(k))
+                       if k not in free and now.get(k) != before.get(k))
     if differing:
         changes = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in differing)
         raise ResumeMismatchError(
@@ -488,10 +604,11 @@ def check_resume(checkpoint: Path, config: TrainConfig, num_processes: int) -> N
 
 
 def save_checkpoint(config: TrainConfig, accelerator, unet, optimizer, lr_scheduler,
-                    state: LoopState) -> Path:
+                    state: LoopState, train_data: str) -> Path:
     """Write checkpoints/step_NNNNNN atomically (staging folder, then rename); keep the last K.
 
-    Every process writes its own random states; the main process writes the rest.
+    Every process writes its own random states; the main process writes the rest and, last,
+    the manifest that `verify_checkpoint` checks them against.
     """
     root = checkpoints_dir(config)
     final = root / f"step_{state.step:06d}"
@@ -511,10 +628,13 @@ def save_checkpoint(config: TrainConfig, accelerator, unet, optimizer, lr_schedu
                     "data_order": state.order.state_dict(), "scaler": scaler},
                    staging / "training_state.pt")
         write_json(staging / "state.json", {
-            "step": state.step, "config": config.to_dict(),
+            "step": state.step, "config": config.to_dict(), TRAIN_DATA_KEY: train_data,
             "num_processes": accelerator.num_processes, "history": asdict(state.history)})
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        write_json(staging / CHECKPOINT_MANIFEST, {"files": {
+            p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
+            for p in sorted(staging.iterdir())}})
         shutil.rmtree(final, ignore_errors=True)
         os.replace(staging, final)
         for old in list_checkpoints(root)[:-config.checkpoints_to_keep]:
@@ -658,7 +778,10 @@ def kohya_metadata(config: TrainConfig, steps: int, num_images: int) -> dict[str
 
 def train(config: TrainConfig, policy: DevicePolicy | None = None,
           progress: bool = True) -> TrainResult:
-    """Train the LoRA (resuming from the latest checkpoint), export it, return the record.
+    """Train the LoRA (resuming from the latest valid checkpoint), export it, return the record.
+
+    The output folder is locked for the run: a second run into it fails with the holder's
+    pid (FolderInUseError) instead of mixing its checkpoints with this one's.
 
     Args:
         config: the run's settings.
@@ -671,7 +794,18 @@ def train(config: TrainConfig, policy: DevicePolicy | None = None,
         ResumeMismatchError: the checkpoint in output_dir has other settings.
         NonFiniteLossError: the loss became NaN/inf (the step is named; the last good
             checkpoint is kept).
+        CheckpointError: checkpoints exist but none is intact.
+        FolderInUseError: another run holds output_dir.
     """
+    from accelerate import PartialState
+
+    policy = policy or choose_policy(config.device)
+    with shared_folder_lock(config.output_dir, PartialState(cpu=policy.device == "cpu")):
+        return _train(config, policy, progress)
+
+
+def _train(config: TrainConfig, policy: DevicePolicy, progress: bool) -> TrainResult:
+    """The run itself; `train` holds the output folder's lock around it."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from diffusers.optimization import get_scheduler
@@ -685,15 +819,15 @@ def train(config: TrainConfig, policy: DevicePolicy | None = None,
     splits = {"train": read_split(config.train_dir),
               "val": read_split(config.val_dir) if config.val_dir else None}
     check_model(config.model)
-    policy = policy or choose_policy(config.device)
     output_dir = Path(config.output_dir)
     accelerator = Accelerator(mixed_precision=policy.mixed_precision,
                               cpu=policy.device == "cpu", log_with="tensorboard",
                               project_dir=str(output_dir / "logs"))
     device = accelerator.device
-    previous = list_checkpoints(checkpoints_dir(config))
+    train_data = train_data_fingerprint(splits["train"])
+    previous = resume_checkpoint(checkpoints_dir(config))
     if previous:
-        check_resume(previous[-1], config, accelerator.num_processes)
+        check_resume(previous, config, accelerator.num_processes, train_data)
 
     # 2. Cache latents and caption states (main process first; others then find them
     #    cached), then free the VAE and text encoder.
@@ -734,7 +868,7 @@ def train(config: TrainConfig, policy: DevicePolicy | None = None,
                       history=History())
     resumed_from = None
     if previous:
-        load_checkpoint(previous[-1], accelerator, unet, optimizer, lr_scheduler, state)
+        load_checkpoint(previous, accelerator, unet, optimizer, lr_scheduler, state)
         resumed_from = state.step
     tracker_config = {k: v if isinstance(v, int | float | str | bool) else str(v)
                       for k, v in config.to_dict().items()}
@@ -796,7 +930,8 @@ def train(config: TrainConfig, policy: DevicePolicy | None = None,
                                              policy, state, validation_prompts)
                 unet.train()
             if done or (config.checkpoint_every and state.step % config.checkpoint_every == 0):
-                save_checkpoint(config, accelerator, unet, optimizer, lr_scheduler, state)
+                save_checkpoint(config, accelerator, unet, optimizer, lr_scheduler, state,
+                                train_data)
         bar.close()
 
         # 8. Export the LoRA in diffusers and kohya formats.
@@ -815,7 +950,8 @@ def train(config: TrainConfig, policy: DevicePolicy | None = None,
     seconds = state.history.step_seconds
     return TrainResult(
         steps=state.step, train_loss=state.history.train_loss, val_loss=state.history.val_loss,
-        validation_grids=state.history.grids, validation_prompts=tuple(validation_prompts),
+        validation_grids=[[step, str(output_dir / grid)] for step, grid in state.history.grids],
+        validation_prompts=tuple(validation_prompts),
         lora_diffusers=lora_diffusers, lora_kohya=lora_kohya, trainable_params=trainable,
         num_train_images=len(inputs.train),
         seconds_per_step=statistics.median(seconds) if seconds else None,
@@ -850,7 +986,7 @@ def run_validation(config: TrainConfig, accelerator, unet, inputs: CachedInputs,
         if images is not None:
             grid = save_grid(images, Path(config.output_dir) / "validation"
                              / f"step_{state.step:06d}.png")
-            state.history.grids.append([state.step, str(grid)])
+            state.history.grids.append([state.step, str(grid.relative_to(config.output_dir))])
             accelerator.get_tracker("tensorboard").log_images(
                 {"validation": images}, step=state.step, dataformats="NHWC")
     accelerator.wait_for_everyone()
@@ -864,8 +1000,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, type=Path,
                         help="JSON file with TrainConfig fields (see shoelib/train.py)")
     args = parser.parse_args(argv)
-    config = TrainConfig.from_dict(json.loads(args.config.read_text()))
-    result = train(config)
+    try:
+        result = train(TrainConfig.from_json(args.config))
+    except (ValueError, FileNotFoundError) as err:  # settings and inputs: one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     from accelerate import PartialState
 
     if PartialState().is_main_process:

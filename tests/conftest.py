@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
-from shoelib.paths import PROJECT_ROOT
+from shoelib import generate
+from shoelib.paths import PROJECT_ROOT, RunPaths
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +50,77 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# --- human evaluation: a real test split and two synthetic runs of flat-coloured images
+
+RATING_COLOURS = ["Red", "Blue", "Green"]
+RATING_RGB = {"Red": (200, 20, 20), "Blue": (20, 20, 200), "Green": (20, 160, 20)}
+
+
+def write_test_split(folder: Path, n_each: int) -> None:
+    folder.mkdir(parents=True)
+    rows = []
+    for colour in RATING_COLOURS:
+        for k in range(n_each):
+            name = f"{colour.lower()}_{k}.png"
+            Image.new("RGB", (96, 96), RATING_RGB[colour]).save(folder / name)
+            rows.append({"file_name": name, "id": len(rows), "colour": colour, "gender": "Men",
+                         "season": "Summer",
+                         "text": f"A photo of {colour.lower()} casual shoes, Summer, Men, Brand X"})
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def write_run(folder: Path, n_images: int, seed: int) -> None:
+    folder.mkdir(parents=True)
+    plan = generate.make_plan(generate.PromptPlanConfig(
+        n_images=n_images, seed=seed, colours=tuple((c, 1.0) for c in RATING_COLOURS)))
+    gen = generate.GenerateConfig(model="tiny", lora_path=None, resolution=64)
+    for item in plan:
+        record = generate.image_record(item, gen, seed=item.seed, attempts=1, failures=[],
+                                       fp32_retry=False, seconds=0.1, dtype="float32")
+        generate.write_png(Image.new("RGB", (64, 64), RATING_RGB[item.colour]),
+                           folder / item.file_name, record)
+    generate.rebuild_manifest(folder, plan)
+
+
+@pytest.fixture()
+def rating_root(tmp_path) -> Path:
+    """Real test split (4 images per colour) and two synthetic runs, 'lora' and 'base'."""
+    paths = RunPaths(tmp_path)
+    write_test_split(paths.processed("Casual Shoes") / "test", 4)
+    write_run(paths.synthetic / "lora", 30, 0)
+    write_run(paths.synthetic / "base", 30, 1)
+    return tmp_path
+
+
+HOLD_LOCK = """
+import sys, time
+from shoelib.io import folder_lock
+with folder_lock(sys.argv[1]):
+    print("LOCKED", flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.fixture
+def lock_in_other_process():
+    """Call with a folder: another real process takes its lock (shoelib.io.folder_lock) and
+    holds it until the test ends; returns that process (a Popen)."""
+    import subprocess
+    import sys
+
+    held = []
+
+    def hold(folder: Path) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder)],
+                                stdout=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+        held.append(proc)
+        assert proc.stdout.readline().strip() == "LOCKED"
+        return proc
+
+    yield hold
+    for proc in held:
+        proc.kill()
+        proc.wait()

@@ -50,9 +50,18 @@ def test_image_grid_shows_only_readable_images(table):
     assert not any(ax.images for ax in empty.axes)
 
 
-def test_colour_browser_options_largest_first(table):
+def test_colour_browser_shows_the_grid_of_the_chosen_colour(table, monkeypatch):
+    import IPython.display
+
+    shown = []  # the figures the browser displays, in order
+    monkeypatch.setattr(IPython.display, "display", shown.append)
+
+    def ids(fig) -> set[str]:
+        return {ax.get_title().split("\n")[0] for ax in fig.axes if ax.images}
+
     box = browse.colour_browser(table, n=2)
     dropdown = box.children[0]
     assert list(dropdown.options) == [("Black (2)", "Black"), ("Red (1)", "Red")]
+    assert ids(shown[-1]) == {"0", "1"}  # the largest colour first: both Black photos
     dropdown.value = "Red"  # the callback redraws without a frontend
-    assert dropdown.value == "Red"
+    assert len(shown) == 2 and ids(shown[-1]) == {"2"}  # the readable Red photo only

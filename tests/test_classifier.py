@@ -68,9 +68,24 @@ def test_study_compares_training_sets_on_the_same_test_set():
     row = runs[runs["training_set"] == "real"]["accuracy"]
     assert summary.loc[0, "accuracy_mean"] == pytest.approx(row.mean())
     assert summary.loc[0, "accuracy_std"] == pytest.approx(row.std(ddof=0))
-    results = C.study_results(summary, 2)
-    assert len(results) == 6 and all(r.n_real == 12 for r in results)
-    assert "chance = 0.50" in results[0].note
+    baseline = C.majority_baseline(real.y, test.y, 2)
+    results = C.study_results(summary, 2, baseline)
+    assert len(results) == 8 and all(r.n_real == 12 for r in results)
+    assert "majority baseline = 0.50" in results[0].note
+    assert [r.name for r in results[-2:]] == ["classifier accuracy (majority baseline)",
+                                              "classifier macro-f1 (majority baseline)"]
+
+
+def test_majority_baseline_always_answers_the_most_frequent_training_class():
+    train_y = np.array([2, 2, 2, 0, 1])
+    test_y = np.array([2, 2, 0, 1, 1, 1, 2, 0, 0, 0])  # class 2 is 3 of 10 here
+    baseline = C.majority_baseline(train_y, test_y, 3)
+    assert baseline["class"] == 2
+    assert baseline["accuracy"] == pytest.approx(0.3)  # not 1/3, the chance level
+    # F1 of class 2: precision 0.3, recall 1 -> 0.4615...; the other classes score 0.
+    assert baseline["macro_f1"] == pytest.approx((2 * 0.3 / 1.3) / 3)
+    with pytest.raises(ValueError, match="needs training and test labels"):
+        C.majority_baseline(train_y[:0], test_y, 3)
 
 
 def test_select_classes_and_labels_use_palette_names():

@@ -18,8 +18,8 @@ import yaml
 from PIL import Image
 
 from shoelib import catalog, dataset
+from shoelib.captions import DEFAULT_TEMPLATE, CaptionTemplateError
 from shoelib.dataset import (
-    CaptionTemplateError,
     DatasetConfig,
     DatasetError,
     MissingInputError,
@@ -188,7 +188,7 @@ def test_default_caption_matches_the_seed_template_without_stray_spaces():
     row = {"baseColour": "Navy Blue", "articleType": "Casual Shoes", "season": "Summer",
            "gender": "Men", "brand": catalog.parse_brand(name, "Men"), "year": 2012.0,
            "usage": "Casual", "productDisplayName": name}
-    assert dataset.render_caption(dataset.DEFAULT_CAPTION_TEMPLATE, row) == (
+    assert dataset.render_caption(DEFAULT_TEMPLATE, row) == (
         "A professional product photo of navy blue casual shoes, Summer collection, Men, "
         "United Colors of Benetton, centered on white background, high quality, "
         "product photography")
@@ -198,7 +198,7 @@ def test_default_caption_matches_the_seed_template_without_stray_spaces():
 def test_missing_values_drop_their_clause():
     row = {"baseColour": None, "articleType": "Sports Shoes", "season": pd.NA, "gender": "Women",
            "brand": None, "year": float("nan"), "usage": "NA"}
-    caption = dataset.render_caption(dataset.DEFAULT_CAPTION_TEMPLATE, row)
+    caption = dataset.render_caption(DEFAULT_TEMPLATE, row)
     assert caption == ("A professional product photo of sports shoes, Women, centered on white "
                        "background, high quality, product photography")
     assert ", ," not in caption and "None" not in caption and " ," not in caption
@@ -207,17 +207,9 @@ def test_missing_values_drop_their_clause():
     assert captions.tolist() == ["sports shoes", "red sports shoes, Puma"]
 
 
-def test_unknown_placeholder_is_named_with_the_valid_ones():
-    with pytest.raises(CaptionTemplateError) as err:
-        dataset.check_template("photo of {color} shoes")
-    assert "{color}" in str(err.value) and "{colour}" in str(err.value)
-    assert "{brand}" in str(err.value)
-    for bad in ("{}", "{colour!r}", "{colour:>5}", "a { b"):
-        with pytest.raises(CaptionTemplateError):
-            dataset.check_template(bad)
-    with pytest.raises(CaptionTemplateError):
-        config(caption_template="{colour} {material}")  # raised before any work
-    assert dataset.check_template("{{literal}} {colour}") == ("colour",)
+def test_unknown_placeholder_fails_before_any_work():
+    with pytest.raises(CaptionTemplateError, match=r"caption_template has unknown placeholder \{material\}"):
+        config(caption_template="{colour} {material}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,7 +261,7 @@ def test_export_layout_metadata_and_card(small_catalogue, tmp_path):
 
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["splits"] == result.counts and meta["skipped_count"] == 3
-    assert meta["parameters"]["image_size"] == SIZE and meta["parameters"]["seed"] == 42
+    assert meta["parameters"]["image_size"] == SIZE and meta["parameters"]["split_seed"] == 42
     assert sum(meta["colour_counts"]["train"].values()) == result.counts["train"]
     card = (out / "README.md").read_text()
     header = yaml.safe_load(card.split("---")[1])
@@ -438,3 +430,15 @@ def test_export_with_no_decodable_image_says_so(tmp_path):
         dataset.export_dataset(dataset.plan_dataset(rows, cfg), tmp_path / "out", cfg, False)
     meta = json.loads((tmp_path / "out" / "metadata.json").read_text())
     assert meta["skipped_reasons"] == {"image unreadable": 2}
+
+
+def test_export_into_a_folder_in_use_is_refused_before_any_work(small_catalogue, tmp_path,
+                                                                 lock_in_other_process):
+    from shoelib.io import FolderInUseError
+
+    holder = lock_in_other_process(tmp_path / "out")
+    cfg = config()
+    with pytest.raises(FolderInUseError, match=f"out is in use by pid {holder.pid} "):
+        dataset.export_dataset(dataset.plan_dataset(small_catalogue, cfg), tmp_path / "out",
+                               cfg, progress=False)
+    assert not (tmp_path / "out").exists()

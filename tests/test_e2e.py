@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 
 from shoelib import run
+from shoelib.human_eval import NO_RATINGS
 from shoelib.paths import RunPaths, slug
 
 pytestmark = pytest.mark.slow
@@ -24,8 +26,19 @@ CONTRACTS = {
                                  "trainable_params", "lora_diffusers", "lora_kohya", "train_loss",
                                  "val_loss", "seconds_per_step", "peak_memory_bytes"}),
     "06": ("synthetic/demo/summary.json", {"lora", "n_images", "n_regenerated", "seconds_per_image"}),
-    "07": ("evaluation/summary.json", set()),
+    "07": ("evaluation/summary.json", {"results", "table", "demo", "counts", "feature_space",
+                                       "real_colour_ceiling", "colour_confusion_real",
+                                       "downstream", "closest_pairs", "figures"}),
+    "08": ("evaluation/human/summary.json", {"settings", "n_ratings", "estimates", "lines"}),
 }
+# Figures 07 must draw (evaluation/figures/) and the table rows its summary must hold.
+EVALUATION_FIGURES = {"colour_confusion_synthetic.png", "colour_confusion_real_test.png",
+                      "conformity.png", "memorisation_similarity.png", "memorisation_pairs.png",
+                      "downstream.png", "gallery_best.png", "gallery_worst.png"}
+EVALUATION_ROWS = {"KID", "FID", "CMMD", "CLIP score (synthetic)", "colour accuracy (synthetic)",
+                   "colour accuracy (real)", "conforming photos (synthetic)",
+                   "near-duplicate rate (synthetic)", "memorisation: share closer than real",
+                   "classifier accuracy (real)", "classifier accuracy (majority baseline)"}
 
 
 def test_demo_chain_runs_and_keeps_its_contracts(tmp_path):
@@ -40,6 +53,19 @@ def test_demo_chain_runs_and_keeps_its_contracts(tmp_path):
             rel, keys = CONTRACTS[step.number]
             summary = json.loads((RunPaths(out).root / rel).read_text())
             assert keys <= set(summary), f"{rel} lacks {keys - set(summary)}"
+    # headless, 08 rates nothing and says so instead of waiting for a rater
+    human = json.loads((out / "evaluation" / "human" / "summary.json").read_text())
+    assert human["n_ratings"] == 0 and human["lines"] == [NO_RATINGS]
+    evaluation = json.loads((out / "evaluation" / "summary.json").read_text())
+    assert EVALUATION_ROWS <= set(evaluation["table"]), EVALUATION_ROWS - set(evaluation["table"])
+    assert EVALUATION_FIGURES <= set(evaluation["figures"]) == {
+        p.name for p in (out / "evaluation" / "figures").glob("*.png")}
+    assert (evaluation["real_colour_ceiling"]["value"]
+            == evaluation["table"]["colour accuracy (real)"])
+    assert (evaluation["downstream"]["majority_baseline"]["accuracy"]
+            == evaluation["table"]["classifier accuracy (majority baseline)"])
+    table = pd.read_csv(out / "evaluation" / "summary_table.csv")
+    assert list(table["name"]) == [r["name"] for r in evaluation["results"]]
 
     # A rerun resumes instead of redoing or refusing: 05 finds its last checkpoint and
     # re-exports the same LoRA, so 06 recognises its run and has nothing left to render.

@@ -111,10 +111,66 @@ def test_missing_synthetic_run_gives_report_lines_not_a_crash(output_root):
     assert list(study.summary["training_set"]) == ["real"]
     clip_rows, per_image = E.clip_score_results(None, sets)
     assert clip_rows[0].value is None and "clip_model='none'" in clip_rows[0].note
-    for fig in (E.confusion_figure(checks.confusion_synthetic, "x"),
-                E.downstream_figure(study.summary, len(study.classes)),
-                E.image_grid([], [], title="nothing")):
-        assert fig is not None
+    assert texts(E.confusion_figure(checks.confusion_synthetic, "x")) == ["no colour labels"]
+    assert texts(E.image_grid([], [], title="nothing")) == ["no images"]
+    bars = E.downstream_figure(study.summary, study.baseline)
+    assert [len(ax.patches) for ax in bars.axes] == [1, 1]  # one bar: "real"
+
+
+def texts(fig) -> list[str]:
+    return [t.get_text() for ax in fig.axes for t in ax.texts]
+
+
+def test_confusion_figure_shows_row_shares_counts_and_labels():
+    import pandas as pd
+
+    confusion = pd.DataFrame([[3, 1, 0], [0, 2, 2]], index=["Red", "Blue"],
+                             columns=["Red", "Blue", "(none)"])
+    fig = E.confusion_figure(confusion, "asked vs found")
+    ax = fig.axes[0]
+    np.testing.assert_allclose(ax.images[0].get_array(), [[0.75, 0.25, 0.0], [0.0, 0.5, 0.5]])
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["Red", "Blue", "(none)"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["Red", "Blue"]
+    assert sorted(texts(fig)) == ["1", "2", "2", "3"]  # non-zero counts only
+    assert ax.get_title() == "asked vs found"
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("dominant colour found", "colour asked")
+
+
+def test_downstream_figure_bars_are_the_means_with_the_majority_line():
+    import pandas as pd
+
+    summary = pd.DataFrame({"training_set": ["real", "real+synthetic", "synthetic"],
+                            "accuracy_mean": [0.6, 0.7, 0.4], "accuracy_std": [0.05, 0.02, 0.1],
+                            "macro_f1_mean": [0.5, 0.55, 0.3], "macro_f1_std": [0.0, 0.01, 0.02]})
+    fig = E.downstream_figure(summary, {"class": 0, "accuracy": 0.37, "macro_f1": 0.12})
+    for ax, metric in zip(fig.axes, ("accuracy", "macro_f1"), strict=True):
+        assert [round(p.get_height(), 6) for p in ax.patches] == list(summary[f"{metric}_mean"])
+        assert [t.get_text() for t in ax.get_xticklabels()] == list(summary["training_set"])
+        (line,) = [x for x in ax.get_lines() if x.get_label() == "majority baseline"]
+        assert set(line.get_ydata()) == {0.37 if metric == "accuracy" else 0.12}
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["majority baseline"]
+        assert ax.get_title().startswith(metric.replace("_", "-"))
+    empty = E.downstream_figure(pd.DataFrame())
+    assert texts(empty) == ["not computed", "not computed"]
+
+
+def test_distribution_and_grid_figures_show_their_data(tmp_path):
+    values = {"synthetic": np.array([0.1, 0.2, 0.3]), "real test": np.array([0.5] * 4),
+              "nothing": np.zeros(0)}
+    fig = E.distribution_figure(values, "nearest", "similarity")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["synthetic (N=3)",
+                                                                    "real test (N=4)"]
+    assert len(ax.patches) == 40 and ax.get_xlabel() == "similarity"  # 20 bins per set
+    paths = []
+    for i, colour in enumerate(["Red", "Blue", "Green"]):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (8, 8), M.PALETTE[colour]).save(paths[-1])
+    grid = E.image_grid(paths, ["a", "b", "c"], ncols=2, title="three")
+    drawn = [a for a in grid.axes if a.images]
+    assert [a.get_title() for a in drawn] == ["a", "b", "c"] and len(grid.axes) == 4
+    assert tuple(drawn[1].images[0].get_array()[0, 0]) == M.PALETTE["Blue"]
+    assert grid._suptitle.get_text() == "three"
 
 
 def test_clip_rows_and_feature_choice(output_root):

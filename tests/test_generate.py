@@ -17,12 +17,14 @@ import yaml
 from PIL import Image
 
 from shoelib import generate as G
+from shoelib.io import FolderInUseError
 from shoelib.lora_io import LoraFileError
-from shoelib.paths import PROJECT_ROOT, RunPaths
+from shoelib.paths import CONFIGS_DIR, PROJECT_ROOT, RunPaths
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CATEGORY = "Casual Shoes"
+DEMO_PROFILE = yaml.safe_load((CONFIGS_DIR / "demo.yaml").read_text())
 SPLIT_ROWS = [("Black", "Men", "Summer"), ("Black", "Men", "Fall"), ("Black", "Women", "Summer"),
               ("Brown", "Men", "Winter"), ("Navy Blue", "Unisex", "Summer"), ("NA", "Men", "")]
 
@@ -122,10 +124,56 @@ def test_bad_prompt_template_is_named(template, message):
 def test_bad_generation_settings_fail_before_loading(tiny_sd_dir):
     with pytest.raises(G.GenerateConfigError, match="scheduler='dpm'"):
         gen_config(tiny_sd_dir, scheduler="dpm").check()
+    # Errors name 06's parameters, not the config's field names.
+    with pytest.raises(ValueError, match="^generation_steps=0 must be a whole number >= 1"):
+        gen_config(tiny_sd_dir, steps=0).check()
+    with pytest.raises(G.GenerateConfigError, match="^generation_batch_size=0 must be"):
+        gen_config(tiny_sd_dir, batch_size=0).check()
+    with pytest.raises(G.GenerateConfigError, match="^lora_strength='abc'"):
+        gen_config(tiny_sd_dir, lora_strength="abc").check()
     with pytest.raises(ValueError, match="resolution=500"):
         gen_config(tiny_sd_dir, resolution=500).check()
     with pytest.raises(G.LoraNotFoundError, match="05_train_lora"):
         gen_config(tiny_sd_dir, lora=Path("/nowhere/lora.safetensors")).check()
+
+
+def _params_06(output_root, **overrides) -> dict:
+    """Notebook 06's parameters cell, with `overrides` as papermill would inject them."""
+    import ast
+
+    import nbformat
+
+    nb = nbformat.read(PROJECT_ROOT / "notebooks" / "06_generate.ipynb", as_version=4)
+    params = {}
+    for line in nb.cells[1].source.splitlines():
+        code = line.partition("  #")[0]
+        if "=" in code:
+            name, _, value = code.partition("=")
+            params[name.strip()] = ast.literal_eval(value.strip())
+    return {**params, "output_root": str(output_root), "lora_path": "none", **overrides}
+
+
+def test_06_and_the_command_line_share_one_parameter_mapping_without_defaults(output_root):
+    source = (PROJECT_ROOT / "notebooks" / "06_generate.ipynb").read_text()
+    assert "G.configs_from_params(" in source and "GenerateConfig(" not in source
+    params = _params_06(output_root)
+    plan_config, gen, out_dir = G.configs_from_params(params)
+    assert gen.batch_size == params["generation_batch_size"] == 8  # the notebook's, not 4
+    assert (gen.steps, plan_config.seed) == (params["generation_steps"], params["generation_seed"])
+    assert out_dir == RunPaths(output_root).synthetic / "demo"
+    del params["generation_batch_size"]
+    with pytest.raises(G.GenerateConfigError, match="generation_batch_size are not set"):
+        G.configs_from_params(params)
+
+
+def test_06_values_are_checked_before_any_file_is_read(tmp_path):
+    # output_root has no train split and no LoRA: a bad value must be named first.
+    for name, value in (("n_images", 0), ("generation_seed", "abc"), ("view_phrases", "side"),
+                        ("generation_steps", 0)):
+        with pytest.raises(ValueError, match=f"^{name}="):
+            G.configs_from_params(_params_06(tmp_path, **{name: value}))
+    with pytest.raises(FileNotFoundError):
+        G.configs_from_params(_params_06(tmp_path))
 
 
 @pytest.mark.parametrize("name, cls", [("dpm++", "DPMSolverMultistepScheduler"),
@@ -301,6 +349,50 @@ def test_read_run_bad_inputs(tmp_path, tiny_sd_dir, plan_config):
     assert any("partial run: 1 of 2" in n for n in run.notes)
 
 
+def test_a_failed_start_does_not_block_the_corrected_rerun(tiny_sd_dir, plan_config, tmp_path):
+    from shoelib.pipeline import ModelNotFoundError
+
+    out = tmp_path / "run"
+    with pytest.raises(ModelNotFoundError):
+        G.generate(plan_config, gen_config(tmp_path / "no-such-model"), out, progress=False)
+    assert (out / G.RUN_FILE).is_file() and not pngs(out)  # run.json alone, no image
+    result = G.generate(replace(plan_config, n_images=2), gen_config(tiny_sd_dir), out,
+                        progress=False)
+    assert result.counts["saved"] == 2
+    assert json.loads((out / G.RUN_FILE).read_text())["model"] == str(tiny_sd_dir)
+    with pytest.raises(G.RunMismatchError, match="holds images made with other settings"):
+        G.generate(plan_config, gen_config(tmp_path / "no-such-model"), out, progress=False)
+
+
+def test_a_moved_output_root_finds_its_lora_and_resumes_its_run(tiny_sd_dir, tiny_lora,
+                                                                 plan_config, tmp_path):
+    first = RunPaths(tmp_path / "first")
+    first.lora.mkdir(parents=True)
+    shutil.copy(tiny_lora, first.lora / tiny_lora.name)
+    # 05's summary names its LoRA relative to output_root
+    stored = first.relative(first.lora / tiny_lora.name)
+    assert stored == f"lora/{tiny_lora.name}"
+    (first.lora / "summary.json").write_text(json.dumps({"lora_diffusers": stored}))
+    plan = replace(plan_config, n_images=2)
+    G.generate(plan, gen_config(tiny_sd_dir, G.find_lora(first.root)), first.synthetic / "r",
+               progress=False)
+
+    moved = RunPaths(tmp_path / "moved")
+    shutil.move(first.root, moved.root)
+    lora = G.find_lora(moved.root)
+    assert lora == moved.lora / tiny_lora.name
+    again = G.generate(plan, gen_config(tiny_sd_dir, lora), moved.synthetic / "r", progress=False)
+    assert again.already_done == 2 and again.counts == {}
+
+
+def test_a_folder_in_use_is_refused_before_any_work(tiny_sd_dir, plan_config, tmp_path,
+                                                     lock_in_other_process):
+    holder = lock_in_other_process(tmp_path / "run")
+    with pytest.raises(FolderInUseError, match=f"in use by pid {holder.pid} "):
+        G.generate(plan_config, gen_config(tiny_sd_dir), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -311,7 +403,7 @@ def _free_port() -> int:
 def test_two_processes_share_the_plan_under_accelerate(tiny_sd_dir, output_root, tmp_path):
     root = tmp_path / "out"
     shutil.copytree(output_root, root)
-    config = {"output_root": str(root), "seed": 5, "category": CATEGORY, "model": str(tiny_sd_dir),
+    config = {**DEMO_PROFILE, "output_root": str(root), "generation_seed": 5, "model": str(tiny_sd_dir),
               "resolution": 64, "device": "cpu", "lora_path": "none", "run_name": "sharded",
               "n_images": 6, "generation_steps": 2, "generation_batch_size": 2}
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
@@ -343,7 +435,7 @@ def test_sigkilled_command_line_run_resumes_to_the_exact_count(tiny_sd_dir, outp
 
     root = tmp_path / "out"
     shutil.copytree(output_root, root)
-    config = {"output_root": str(root), "seed": 9, "category": CATEGORY, "model": str(tiny_sd_dir),
+    config = {**DEMO_PROFILE, "output_root": str(root), "generation_seed": 9, "model": str(tiny_sd_dir),
               "resolution": 64, "device": "cpu", "lora_path": "none", "run_name": "killed",
               "n_images": 12, "generation_steps": 4, "generation_batch_size": 1}
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
@@ -367,3 +459,83 @@ def test_sigkilled_command_line_run_resumes_to_the_exact_count(tiny_sd_dir, outp
     rows = [json.loads(line) for line in (out / G.MANIFEST).read_text().splitlines()]
     assert len(rows) == 12 == len({r["file_name"] for r in rows})
     assert json.loads(done.stdout)["n_images"] == 12
+
+
+def test_half_precision_failures_go_to_the_next_seed_and_only_a_failed_retry_runs_in_float32(
+        tiny_sd_dir, plan_config, tmp_path, monkeypatch):
+    """What 06 states: a failed image of a batch is rendered again alone with the next seed;
+    only if that retry fails too in half precision is it repeated, same seed, in float32,
+    and the pipeline stays in float32 for the rest of the run."""
+    import torch
+
+    def nan_in_half(module, args, output):
+        return ((torch.full_like(output[0], float("nan")),)
+                if module.dtype == torch.bfloat16 else output)
+
+    real_load = G.load_generation_pipeline
+
+    def load_with_nan_unet(gen, policy):
+        pipe = real_load(gen, policy)
+        pipe.unet.register_forward_hook(nan_in_half)
+        return pipe
+
+    monkeypatch.setattr(G, "load_generation_pipeline", load_with_nan_unet)
+    three = replace(plan_config, n_images=3)  # two batches of 2
+    plan = G.make_plan(three)
+    out = tmp_path / "half"
+    with pytest.warns(UserWarning, match="bfloat16 on CPU"):
+        result = G.generate(three, gen_config(tiny_sd_dir, batch_size=2, dtype="bfloat16"),
+                            out, progress=False)
+    records = [G.read_png_record(out / item.file_name) for item in plan]
+    # Batch 1 (items 0, 1) fails in bfloat16. Item 0: the next seed, alone, fails in bfloat16
+    # too, then that seed is rendered in float32. Item 1: the next seed, already in float32.
+    assert [(r["seed"] - item.seed, r["attempts"], r["fp32_retry"], r["dtype"])
+            for r, item in zip(records[:2], plan[:2], strict=True)] == [
+        (1, 2, True, "float32"), (1, 2, False, "float32")]
+    assert records[0]["failures"] == records[1]["failures"] == ["nonfinite_latents"]
+    # Later batches run in float32 from the start: no failure, the planned seed.
+    assert all((r["seed"], r["attempts"], r["dtype"]) == (item.seed, 1, "float32")
+               for r, item in zip(records[2:], plan[2:], strict=True))
+    assert result.summary["n_fp32_retries"] == 1 and result.summary["n_regenerated"] == 2
+
+
+@pytest.mark.slow
+def test_a_second_run_into_the_same_folder_is_refused_while_the_first_renders(
+        tiny_sd_dir, output_root, tmp_path):
+    import signal
+    import time
+
+    root = tmp_path / "out"
+    shutil.copytree(output_root, root)
+    config = {"output_root": str(root), "seed": 4, "category": CATEGORY, "model": str(tiny_sd_dir),
+              "resolution": 64, "device": "cpu", "lora_path": "none", "run_name": "busy",
+              "n_images": 10, "generation_steps": 4, "generation_batch_size": 1}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, "-m", "shoelib.generate", "--config", str(tmp_path / "cfg.yaml"),
+           "--no-progress"]
+    out = RunPaths(root).synthetic / "busy"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not pngs(out) and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.05)
+    # Paused mid-run, so the second run surely starts while the first is at work.
+    first.send_signal(signal.SIGSTOP)
+    try:
+        assert 1 <= len(pngs(out)) < 10, "the first run was not caught mid-way"
+        second = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True,
+                                text=True, timeout=300)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert second.returncode == 1
+    assert second.stderr.strip() == (f"error: {out} is in use by pid {first.pid} on "
+                                     f"{socket.gethostname()} (started "
+                                     f"{second.stderr.split('(started ')[1].split(')')[0]}); "
+                                     "wait for it or stop it")
+    stdout, stderr = first.communicate(timeout=300)
+    assert first.returncode == 0, stderr[-3000:]
+    assert json.loads(stdout)["n_images"] == 10
+    assert pngs(out) == [f"{i:06d}.png" for i in range(10)] and not list(out.glob(".*"))
+    rows = [json.loads(line) for line in (out / G.MANIFEST).read_text().splitlines()]
+    assert len(rows) == 10 == len({r["file_name"] for r in rows})

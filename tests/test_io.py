@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import stat
 
 import numpy as np
 import pytest
 
-from shoelib.io import atomic_path, read_json, write_json
+from shoelib.io import (
+    FolderInUseError,
+    atomic_path,
+    folder_lock,
+    lock_path,
+    read_json,
+    write_json,
+)
 
 
 def test_failed_write_leaves_old_file_and_no_temp(tmp_path):
@@ -36,3 +45,22 @@ def test_json_round_trip_converts_numpy_and_keeps_order(tmp_path):
     write_json(tmp_path / "s.json", obj)
     assert read_json(tmp_path / "s.json") == {"b": 3, "a": 0.5, "arr": [0, 1, 2], "p": str(tmp_path)}
     assert list(read_json(tmp_path / "s.json")) == ["b", "a", "arr", "p"]
+
+
+def test_folder_lock_refuses_a_second_process_and_frees_with_a_killed_holder(
+        tmp_path, lock_in_other_process):
+    holder = lock_in_other_process(tmp_path / "run")
+    with pytest.raises(FolderInUseError) as err:
+        with folder_lock(tmp_path / "run"):
+            pass
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / 'run'} is in use by pid {holder.pid} on ")
+    assert "(started " in message and message.endswith("; wait for it or stop it")
+    assert "\n" not in message
+
+    holder.send_signal(signal.SIGKILL)  # no clean-up: the lock file stays, naming a dead pid
+    holder.wait()
+    assert json.loads(lock_path(tmp_path / "run").read_text())["pid"] == holder.pid
+    with folder_lock(tmp_path / "run") as lock:
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # released, and nothing created

@@ -194,7 +194,8 @@ def test_to_kohya_pairs_every_module():
 
 
 def test_sd15_unet_lora_has_the_expected_parameter_count():
-    """DOMAIN.md: rank 8 on to_q/to_k/to_v/to_out.0 of the SD 1.5 UNet = 1,594,368 params."""
+    """The README's count: rank 8 on to_q/to_k/to_v/to_out.0 of the SD 1.5 UNet (diffusers'
+    UNet2DConditionModel with SD 1.5's unet/config.json shapes) is 1,594,368 parameters."""
     from diffusers import UNet2DConditionModel
     from peft import LoraConfig
 

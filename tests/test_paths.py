@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from shoelib import generate as G
 from shoelib import run
 from shoelib.evaluation import load_eval_sets
-from shoelib.paths import PathNameError, RunPaths, path_name
+from shoelib.paths import CONFIGS_DIR, PathNameError, RunPaths, path_name
 
 
 @pytest.mark.parametrize("value", ["../../esc06", "..", ".", "/tmp/x", "a/b", "a\\b", ".hidden",
@@ -34,8 +35,8 @@ def test_run_folder_and_category_folder_stay_under_output_root(tmp_path):
 
 
 def test_generate_and_evaluate_refuse_an_escaping_run_name(tmp_path):
-    params = {"output_root": str(tmp_path), "category": "Casual Shoes", "run_name": "../../esc06",
-              "n_images": 4, "seed": 0, "model": "x", "resolution": 64}
+    demo = yaml.safe_load((CONFIGS_DIR / "demo.yaml").read_text())
+    params = {**demo, "output_root": str(tmp_path), "run_name": "../../esc06", "model": "x"}
     with pytest.raises(PathNameError, match="run_name="):
         G.configs_from_params(params)
     with pytest.raises(PathNameError, match="run_name="):

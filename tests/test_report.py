@@ -54,7 +54,7 @@ def test_dataset_card_quotes_and_escapes_the_category():
     metadata = {"category": "<b>x</b>: y", "total": 3, "splits": {"train": 3},
                 "stratified": True, "skipped_count": 0, "skipped_reasons": {},
                 "parameters": {"image_size": 64, "stratify_column": "baseColour",
-                               "min_class_rows": 10, "split_fractions": [1, 0, 0], "seed": 0,
+                               "min_class_rows": 10, "split_fractions": [1, 0, 0], "split_seed": 0,
                                "caption_template": "{colour}"}}
     card = dataset.dataset_card(metadata)
     assert yaml.safe_load(card.split("---")[1])["pretty_name"] == "<b>x</b>: y product photos (64x64)"

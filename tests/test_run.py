@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import nbformat
 import pytest
 
 from shoelib import run
+from shoelib.paths import PROJECT_ROOT
 from shoelib.run import RunError, Step
 
 
@@ -83,3 +89,76 @@ def test_failing_notebook_names_cell_and_error(tmp_path):
 def test_main_reports_user_errors_without_traceback(capsys):
     assert run.main(["--profile", "no-such-profile"]) == 1
     assert "error: profile 'no-such-profile'" in capsys.readouterr().err
+
+
+# Starts shoelib's image workers, then blocks in native code holding the GIL (as a long
+# decode or tensor op may), where ipykernel's own parent polling cannot run.
+BUSY_WITH_WORKERS = """
+import ctypes, os
+from PIL import Image
+from shoelib import images
+for i in range(8):
+    Image.new("RGB", (16, 16)).save(f"{folder}/src{i}.png")
+jobs = [(f"{folder}/src{i}.png", f"{folder}/dst{i}.png") for i in range(8)]
+results = images.prepare_images(jobs, images.PrepareConfig(size=8), workers=2, progress=False)
+next(results)  # the pool is up, its workers wait for more
+open(f"{folder}/kernel.pid", "w").write(str(os.getpid()))
+ctypes.PyDLL(None).sleep(600)
+"""
+RUNNER = "import sys; from pathlib import Path; from shoelib.run import Step, run_step; " \
+         "run_step(Step('01', Path(sys.argv[1])), {}, Path(sys.argv[2]))"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT],
+                         ids=lambda sig: sig.name)
+def test_a_stopped_runner_takes_its_kernel_and_workers_along(tmp_path, sig):
+    import psutil
+
+    src = _notebook(tmp_path / "01_busy.ipynb", f"folder = {str(tmp_path)!r}", BUSY_WITH_WORKERS)
+    runner = subprocess.Popen([sys.executable, "-c", RUNNER, str(src), str(tmp_path / "reports")],
+                              env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "kernel.pid").is_file() and time.monotonic() < deadline:
+            assert runner.poll() is None, "the runner ended before the notebook got busy"
+            time.sleep(0.1)
+        kernel = psutil.Process(int((tmp_path / "kernel.pid").read_text()))
+        family = [kernel, *kernel.children(recursive=True)]
+        assert kernel.ppid() == runner.pid and len(family) == 3  # kernel + 2 image workers
+        runner.send_signal(sig)
+        runner.wait(timeout=60)
+        _, alive = psutil.wait_procs(family, timeout=20)
+        alive = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+        assert alive == [], f"survived {signal.Signals(sig).name} of the runner: {alive}"
+    finally:
+        if runner.poll() is None:
+            for proc in psutil.Process(runner.pid).children(recursive=True):
+                proc.kill()
+            runner.kill()
+        runner.wait()
+
+
+def test_text_becomes_a_number_where_the_parameters_cell_holds_one():
+    declared = {s.name: run.declared_parameters(s) for s in run.discover_notebooks()}
+    got = run.typed_parameters(
+        run.parse_overrides([["learning_rate", "1e-4"], ["max_train_steps", "40"],
+                             ["top_n", "abc"], ["run_name", "v1e-4"], ["lora_path", "none"]]),
+        declared)
+    assert got == {"learning_rate": 1e-4, "max_train_steps": 40, "top_n": "abc",
+                   "run_name": "v1e-4", "lora_path": "none"}
+    assert type(got["learning_rate"]) is float and type(got["max_train_steps"]) is int
+    assert run.declared_parameters(run.discover_notebooks()[0])["top_n"] == 15
+
+
+def test_a_bad_parameter_stops_the_run_with_the_notebooks_one_line_error(tmp_path):
+    step = run.discover_notebooks()[0]  # 01_analysis checks its parameters in its first code cell
+    # (cell 3 in papermill's count: the injected parameters are cell 2)
+    with pytest.raises(RunError) as err:
+        run.run_step(step, {"top_n": "abc", "output_root": str(tmp_path / "out")},
+                     tmp_path / "reports")
+    first_line = str(err.value).splitlines()[0]
+    assert first_line == (f"{step.name} failed in cell 3 (CatalogError: top_n='abc' (it is text) "
+                          "must be a whole number >= 1; use e.g. 15)")
+    assert not (tmp_path / "out").exists()  # nothing was written before the check

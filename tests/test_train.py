@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +25,7 @@ from shoelib.lora_io import apply_lora
 from shoelib.paths import PROJECT_ROOT
 from shoelib.train import (
     Batch,
+    CheckpointError,
     DataOrder,
     NonFiniteLossError,
     ResumeMismatchError,
@@ -34,6 +36,7 @@ from shoelib.train import (
     noise_target,
     sample_batch,
     train,
+    verify_checkpoint,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -99,6 +102,41 @@ def test_bad_settings_are_refused_with_value_and_fix(tiny_sd_dir, data, tmp_path
     assert words in str(err.value)
 
 
+@pytest.mark.parametrize("text, words", [
+    (None, "cannot read --config {path} (No such file or directory)"),
+    ('{"model": "m",', "--config {path} is not valid JSON: Expecting property name enclosed in "
+                      "double quotes at line 1, column 15"),
+    ("[1, 2]", "--config {path} must hold a JSON object of TrainConfig fields, not a list"),
+    ('{"model": "m"}', "training setting(s) ['train_dir', 'output_dir', 'cache_dir'] are required"),
+    ('{"model": "m", "train_dir": "t", "output_dir": "o", "cache_dir": "c", "lora_rnk": 8}',
+     "unknown training setting(s) ['lora_rnk']"),
+    ('{"model": "m", "train_dir": "t", "output_dir": "o", "cache_dir": "c", "max_train_steps": 0}',
+     "max_train_steps=0 must be a whole number > 0; use e.g. 3000"),
+    ('{"model": "m", "train_dir": "t", "output_dir": "o", "cache_dir": "c", "seed": "abc"}',
+     "seed='abc' (05's train_seed) must be a whole number >= 0; use e.g. 42"),
+])
+def test_command_line_config_errors_are_one_line_naming_the_file_or_setting(
+        tmp_path, capsys, text, words):
+    path = tmp_path / "bad.json"
+    if text is not None:
+        path.write_text(text)
+    assert train_module.main(["--config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and words.format(path=path) in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_command_line_config_error_prints_no_traceback(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('{"model": "m", "train_dir": "t", "output_dir": "o", "cache_dir": "c", '
+                    '"learning_rate": "fast"}')
+    done = subprocess.run([sys.executable, "-m", "shoelib.train", "--config", str(path)],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr == ("error: learning_rate='fast' must be a number > 0 (it is text); "
+                           "use e.g. 0.0001\n")
+
+
 def test_missing_or_uncaptioned_train_split_is_refused_before_loading(tiny_sd_dir, data, tmp_path):
     from shoelib.dataset import DatasetError, MissingInputError
 
@@ -158,9 +196,58 @@ def test_noise_target_follows_the_scheduler_config(prediction_type):
     g = torch.Generator().manual_seed(0)
     batch = Batch(torch.randn(2, 4, 8, 8, generator=g), torch.zeros(2, 77, 32),
                   torch.randn(2, 4, 8, 8, generator=g), torch.tensor([10, 900]))
-    expected = (sched.get_velocity(batch.latents, batch.noise, batch.timesteps)
-                if prediction_type == "v_prediction" else batch.noise)
+    # v = sqrt(alpha_bar_t) * eps - sqrt(1 - alpha_bar_t) * x0 (Salimans & Ho 2022), written out.
+    alpha_bar = sched.alphas_cumprod[batch.timesteps].view(-1, 1, 1, 1)
+    velocity = alpha_bar.sqrt() * batch.noise - (1 - alpha_bar).sqrt() * batch.latents
+    expected = velocity if prediction_type == "v_prediction" else batch.noise
     torch.testing.assert_close(noise_target(sched, batch), expected)
+
+
+class FixedLatents:
+    """A cached split whose every latent distribution is mean 3, std 2 (and text zeros)."""
+
+    shape = (4, 8, 8)
+
+    def __len__(self) -> int:
+        return 5
+
+    def latent(self, index: int, flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.full(self.shape, 3.0), torch.full(self.shape, 2.0)
+
+    def text(self, index: int) -> torch.Tensor:
+        return torch.zeros(77, 32)
+
+
+def test_sample_batch_draws_latents_from_the_distribution_mean_plus_std_times_noise(
+        tiny_sd_dir, data, tmp_path):
+    plain = small_config(tiny_sd_dir, data, tmp_path, random_flip=False, caption_dropout=0.0,
+                         noise_offset=0.0)
+    batch = sample_batch(FixedLatents(), [0, 1, 2], torch.Generator().manual_seed(7), plain,
+                         1000, torch.zeros(77, 32))
+    g = torch.Generator().manual_seed(7)
+    expected = torch.stack([3.0 + 2.0 * torch.randn(FixedLatents.shape, generator=g)
+                            for _ in range(3)])
+    assert torch.equal(batch.latents, expected)  # not the mean alone, not noise alone
+
+
+class ScaledInput(torch.nn.Module):
+    """A stand-in UNet: predicts 0.1 x its noisy input."""
+
+    def forward(self, x, t, encoder_hidden_states=None, return_dict=False):
+        return (0.1 * x,)
+
+
+def test_validation_loss_is_the_same_every_time_and_moves_with_the_seed(tiny_sd_dir, data, tmp_path):
+    from shoelib.device import choose_policy
+
+    config = small_config(tiny_sd_dir, data, tmp_path, train_batch_size=2)
+    args = (ScaledInput(), FixedLatents(), scheduler("epsilon"))
+    rest = (choose_policy("cpu"), torch.device("cpu"))
+    first = train_module.validation_loss(*args, config, *rest)
+    torch.randn(100)  # training draws from other random streams in between
+    torch.Generator().manual_seed(0).seed()
+    assert train_module.validation_loss(*args, config, *rest) == first
+    assert train_module.validation_loss(*args, replace(config, seed=4), *rest) != first
 
 
 def test_data_order_visits_every_sample_once_per_epoch_and_restores():
@@ -335,6 +422,89 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tiny_sd_di
     assert not (tmp_path / "pytorch_lora_weights.safetensors").exists()
 
 
+# --- damaged checkpoints, moved folders, a folder in use
+
+def _copy_run(config: TrainConfig, folder: Path) -> TrainConfig:
+    shutil.copytree(config.output_dir, folder)
+    return replace(config, output_dir=str(folder), validation_every=0)
+
+
+@pytest.mark.parametrize("name", ["lora.safetensors", "training_state.pt", "state.json"])
+def test_a_truncated_latest_checkpoint_falls_back_to_the_older_one(trained, tmp_path, name):
+    config = _copy_run(trained[0], tmp_path / "run")
+    root = Path(config.output_dir) / "checkpoints"
+    damaged = root / "step_000006" / name
+    size = damaged.stat().st_size
+    damaged.write_bytes(damaged.read_bytes()[:size // 2])
+    with pytest.warns(UserWarning) as caught:
+        result = train(config, progress=False)
+    message = " ".join(str(w.message) for w in caught)
+    assert (f"checkpoint {root / 'step_000006'} is damaged ({name} has {size // 2:,} bytes, "
+            f"not {size:,}): resuming from the older {root / 'step_000003'} instead") in message
+    assert result.resumed_from == 3 and result.steps == 6
+    assert verify_checkpoint(root / "step_000006") is None  # trained again and rewritten
+
+
+def test_no_intact_checkpoint_is_one_error_naming_each(trained, tmp_path):
+    config = _copy_run(trained[0], tmp_path / "run")
+    root = Path(config.output_dir) / "checkpoints"
+    state = root / "step_000003" / "state.json"
+    size = state.stat().st_size
+    state.write_text("{")
+    (root / "step_000006" / "lora.safetensors").unlink()
+    with pytest.raises(CheckpointError) as err:
+        train(config, progress=False)
+    assert str(err.value) == (
+        f"no intact checkpoint to resume: {root / 'step_000006'} is damaged (lora.safetensors "
+        f"is missing); {root / 'step_000003'} is damaged (state.json has 1 bytes, not "
+        f"{size:,}). Delete {root} to train from the start")
+
+
+def test_a_moved_run_folder_resumes(tiny_sd_dir, data, tmp_path, monkeypatch):
+    first = tmp_path / "first"
+    for split in ("train", "val"):
+        shutil.copytree(data[split], first / "processed" / split)
+
+    def config_in(root: Path) -> TrainConfig:
+        return small_config(tiny_sd_dir, data, root / "lora", train_dir=root / "processed" / "train",
+                            val_dir=root / "processed" / "val", cache_dir=root / "cache",
+                            max_train_steps=4, checkpoint_every=2, validation_every=2)
+
+    save = train_module.save_checkpoint
+
+    def killed_after_step_2(*args):
+        folder = save(*args)
+        raise KeyboardInterrupt  # the run is killed here
+        return folder
+
+    monkeypatch.setattr(train_module, "save_checkpoint", killed_after_step_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(config_in(first), progress=False)
+    monkeypatch.setattr(train_module, "save_checkpoint", save)
+    moved = tmp_path / "moved"
+    shutil.move(first, moved)
+    result = train(config_in(moved), progress=False)
+    assert result.resumed_from == 2 and result.steps == 4
+    assert [Path(p) for _, p in result.validation_grids] == [
+        moved / "lora" / "validation" / f"step_{s:06d}.png" for s in (0, 2, 4)]
+    assert all(Path(p).is_file() for _, p in result.validation_grids)
+
+    changed = moved / "processed" / "train" / "metadata.jsonl"
+    changed.write_text(changed.read_text().replace("black casual shoes", "black sneakers"))
+    with pytest.raises(ResumeMismatchError, match="train_split_content"):
+        train(config_in(moved), progress=False)
+
+
+def test_a_folder_in_use_is_refused_before_any_work(tiny_sd_dir, data, tmp_path,
+                                                     lock_in_other_process):
+    from shoelib.io import FolderInUseError
+
+    holder = lock_in_other_process(tmp_path / "lora")
+    with pytest.raises(FolderInUseError, match=f"lora is in use by pid {holder.pid} "):
+        train(small_config(tiny_sd_dir, data, tmp_path / "lora"), progress=False)
+    assert not (tmp_path / "lora").exists()
+
+
 # --- processes: a real kill, and two processes
 
 def _write_config(config: TrainConfig, path: Path) -> Path:
@@ -387,7 +557,7 @@ def test_killed_run_resumes_to_the_same_weights(tiny_sd_dir, data, tmp_path):
     a = load_file(str(tmp_path / "full" / "pytorch_lora_weights.safetensors"))
     b = load_file(str(tmp_path / "cut" / "pytorch_lora_weights.safetensors"))
     assert a.keys() == b.keys() and len(a) > 0
-    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    assert all(torch.equal(a[k], b[k]) for k in a)  # bit for bit on CPU
     assert any(a[k].abs().max() > 0 for k in a if ".up." in k)  # trained, not the zero init
     history = json.loads((tmp_path / "cut" / "checkpoints" / "step_000008" / "state.json").read_text())
     assert [s for s, _ in history["history"]["train_loss"]] == list(range(1, steps + 1))

@@ -1,0 +1,54 @@
+"""Checks of single parameter values, shared by every notebook's config.
+
+Each check returns the value and raises a one-line error that names the parameter the user
+set, the value, and a value that works:
+
+    checks.whole_number("abc", "top_n", minimum=1, example=15)
+    -> SettingError: top_n='abc' must be a whole number >= 1; use e.g. 15
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SettingError(ValueError):
+    """A parameter value that cannot work."""
+
+
+def _is_text(value: Any) -> str:
+    return " (it is text)" if isinstance(value, str) else ""
+
+
+def whole_number(value: Any, param: str, minimum: int = 0, example: int | None = None,
+                 error: type[ValueError] = SettingError) -> int:
+    """An int >= minimum (a bool or a float such as 4.0 is refused: it is a typo)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        hint = f"; use e.g. {example}" if example is not None else ""
+        raise error(f"{param}={value!r}{_is_text(value)} must be a whole number >= {minimum}{hint}")
+    return value
+
+
+def number(value: Any, param: str, minimum: float | None = None, *, above: bool = False,
+           example: float | None = None, error: type[ValueError] = SettingError) -> float:
+    """An int or float, >= minimum (> minimum with above=True)."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and value == value
+    if ok and minimum is not None:
+        ok = value > minimum if above else value >= minimum
+    if not ok:
+        bound = f" {'>' if above else '>='} {minimum:g}" if minimum is not None else ""
+        hint = f"; use e.g. {example:g}" if example is not None else ""
+        raise error(f"{param}={value!r}{_is_text(value)} must be a number{bound}{hint}")
+    return value
+
+
+def random_seed(value: Any, param: str, error: type[ValueError] = SettingError) -> int:
+    """A random seed: a whole number >= 0."""
+    return whole_number(value, param, 0, 42, error)
+
+
+def text(value: Any, param: str, example: str, error: type[ValueError] = SettingError) -> str:
+    """A non-empty string."""
+    if not isinstance(value, str) or not value.strip():
+        raise error(f"{param}={value!r} must be a non-empty text; use e.g. {example!r}")
+    return value

@@ -1,0 +1,129 @@
+"""08_human_eval in a real JupyterLab, driven by Chromium: three images rated with the keyboard.
+
+Needs Playwright (PyPI) and Debian's Chromium at /usr/bin/chromium; skipped without either.
+SHOELIB_SCREENSHOT_DIR=<folder> keeps screenshots of the widget and the summary there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from shoelib.paths import NOTEBOOKS_DIR, PROJECT_ROOT
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"]
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is absent (apt-get install chromium)")]
+sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def notebook_for(root: Path, folder: Path) -> Path:
+    """08 with its parameters pointed at the test run (a cell after the parameters cell, as
+    papermill injects them)."""
+    nb = nbformat.read(NOTEBOOKS_DIR / "08_human_eval.ipynb", as_version=4)
+    at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    nb.cells.insert(at + 1, nbformat.v4.new_code_cell(
+        f"output_root = {str(root)!r}\nrun_name = 'lora'\nrater = 'browser'\nn_items = 6\n"
+        "display_px = 256"))
+    path = folder / "08_human_eval.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture()
+def lab(rating_root, tmp_path):
+    """A JupyterLab server on 127.0.0.1 serving a copy of 08; yields (url, token)."""
+    folder = tmp_path / "lab"
+    folder.mkdir()
+    notebook_for(rating_root, folder)
+    port, token = free_port(), secrets.token_hex(16)
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt"),
+           "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings"),
+           "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces")}
+    env.pop("SHOELIB_WIDGETS", None)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={folder}",
+         # nothing reaches the network: no news, no update check, no extension index
+         "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+         "--LabApp.extension_manager=readonly", "--LabApp.expose_app_in_browser=True", *(["--allow-root"] if os.geteuid() == 0 else [])],
+        env=env, stdout=subprocess.DEVNULL, stderr=(tmp_path / "lab.log").open("w"))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 600  # a loaded machine can take minutes to start it
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=5)
+                break
+            except OSError:
+                time.sleep(1)
+        else:
+            pytest.fail(f"JupyterLab did not start: {(tmp_path / 'lab.log').read_text()[-2000:]}")
+        yield url, token
+    finally:
+        server.terminate()
+        server.wait(timeout=120)
+
+
+def test_rates_three_images_with_the_keyboard(lab, rating_root, tmp_path):
+    url, token = lab
+    shots = Path(os.environ.get("SHOELIB_SCREENSHOT_DIR", tmp_path))
+    ratings = rating_root / "evaluation" / "human" / "browser.jsonl"
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1200, "height": 1000})
+        page.set_default_timeout(180_000)  # a loaded machine serves JupyterLab slowly
+        page.goto(f"{url}/lab/tree/08_human_eval.ipynb?token={token}")
+        run_all(page)
+        widget = page.locator(".shoelib-rating")
+        sync_api.expect(widget).to_contain_text("0 / 6 rated", timeout=180_000)
+        keys = widget.locator("input[type='text']")
+        for done, answer in enumerate(("gy4", "rn2", "gn5"), start=1):
+            keys.click()
+            keys.press_sequentially(answer)
+            keys.press("Enter")
+            sync_api.expect(widget).to_contain_text(f"{done} / 6 rated", timeout=60_000)
+        widget.scroll_into_view_if_needed()
+        widget.screenshot(path=str(shots / "h6_widget.png"))
+        run_all(page)  # the summary cell now reads the three ratings
+        summary = page.locator(".jp-OutputArea-output", has_text="3 ratings by 1 rater(s)")
+        sync_api.expect(summary).to_be_visible(timeout=180_000)
+        summary.scroll_into_view_if_needed()
+        summary.screenshot(path=str(shots / "h6_summary.png"))
+        browser.close()
+    answers = [json.loads(line) for line in ratings.read_text().splitlines()]
+    assert [(a["realism"], a["match"], a["usability"]) for a in answers] == [
+        ("generated", True, 4), ("real", False, 2), ("generated", False, 5)]
+    assert {a["rater"] for a in answers} == {"browser"}
+
+
+KERNEL_READY = """() => {
+    const widget = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+    const kernel = widget && widget.sessionContext && widget.sessionContext.session
+        && widget.sessionContext.session.kernel;
+    return Boolean(kernel && kernel.connectionStatus === 'connected' && kernel.status === 'idle');
+}"""
+
+
+def run_all(page) -> None:
+    """Run every cell, as the Run menu does (through JupyterLab's own command)."""
+    page.wait_for_function(KERNEL_READY, timeout=180_000)
+    page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
