@@ -23,10 +23,11 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from shoelib.metrics import PALETTE, palette_name
 from shoelib.paths import DEMO_DIR
 
 # Bump when the generated catalogue changes, so `ensure_demo_assets` rebuilds an old copy.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 COMPLETE_MARKER = ".complete"  # written last inside the catalogue folder
 HEADER = ("id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,"
           "productDisplayName")
@@ -106,17 +107,8 @@ QUIRK_ROWS: tuple[tuple[int, str, dict], ...] = (
 )
 EXTRA_USAGE_NA = 4  # further random rows whose usage is "NA" (the real file has 316)
 
-COLOUR_RGB = {
-    "Black": (28, 28, 30), "Brown": (115, 70, 40), "White": (244, 244, 240),
-    "Grey": (128, 128, 130), "Blue": (40, 85, 185), "Navy Blue": (28, 38, 85),
-    "Red": (195, 30, 38), "Green": (40, 130, 65), "Olive": (108, 112, 45),
-    "Tan": (205, 160, 110), "Beige": (222, 203, 168), "Khaki": (189, 174, 120),
-    "Pink": (232, 130, 168), "Purple": (108, 52, 140), "Yellow": (238, 206, 45),
-    "Orange": (238, 128, 35), "Silver": (190, 190, 196), "Gold": (200, 165, 62),
-    "Maroon": (118, 22, 42), "Off White": (238, 233, 218), "Charcoal": (58, 58, 64),
-    "Teal": (30, 128, 128), "Multi": (150, 90, 160),
-}
-NEUTRAL_RGB = (140, 140, 140)  # "NA" or empty colour
+# Products are drawn in the colour the evaluation reads back (`metrics.PALETTE`).
+NEUTRAL_RGB = (140, 140, 140)  # "NA", empty or a name with no palette colour
 
 # What the other article types look like: genders, colours, brands, usage, product nouns.
 TYPE_SPECS = {
@@ -272,7 +264,7 @@ def draw_product(row: DemoRow, rng: random.Random) -> Image.Image:
     background = rng.randint(250, 255)
     img = Image.new("RGB", (width, height), (background,) * 3)
     draw = ImageDraw.Draw(img)
-    base = COLOUR_RGB.get(row.colour, NEUTRAL_RGB)
+    base = PALETTE.get(palette_name(row.colour), NEUTRAL_RGB)
     rgb = tuple(max(0, min(255, c + rng.randint(-12, 12))) for c in base)
     length = min(width, height * 1.3) * rng.uniform(0.55, 0.85)
     cx = width / 2 + rng.uniform(-0.08, 0.08) * width

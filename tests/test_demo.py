@@ -13,6 +13,7 @@ from PIL import Image
 from shoelib import demo
 from shoelib.catalog import read_styles
 from shoelib.demo import QUIRK_IDS, build_demo_catalog
+from shoelib.metrics import palette_name
 
 
 @pytest.fixture(scope="module")
@@ -138,12 +139,13 @@ def test_images_look_like_product_photos(catalog_dir):
     assert len(centres) > 3  # position varies
 
 
-def test_colour_names_have_rgb():
+def test_colour_names_are_palette_colours():
+    """Every drawn colour is one the evaluation's colour measure knows (no grey fallback)."""
     for colour in demo.CASUAL_COLOURS:
-        assert colour in demo.COLOUR_RGB
+        assert palette_name(colour) == colour
     for spec in demo.TYPE_SPECS.values():
         for colour in spec.get("colours", {}):
-            assert colour in demo.COLOUR_RGB
+            assert palette_name(colour) == colour
 
 
 def test_ensure_demo_assets_idempotent(tmp_path, tiny_sd_dir, catalog_dir, capsys):
