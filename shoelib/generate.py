@@ -55,6 +55,7 @@ from shoelib.io import (
     FolderInUseError,
     atomic_path,
     read_json,
+    remove_temp_files,
     shared_folder_lock,
     write_json,
     write_text,
@@ -454,15 +455,6 @@ def read_png_record(path: Path) -> dict | None:
     except json.JSONDecodeError:
         return None
     return record if isinstance(record, dict) and "index" in record else None
-
-
-def remove_temp_files(out_dir: Path) -> int:
-    """Delete temp files a killed run left (atomic_path names them .<stem>.<random>.tmp.*)."""
-    n = 0
-    for tmp in out_dir.glob(".*.tmp*"):
-        tmp.unlink(missing_ok=True)
-        n += 1
-    return n
 
 
 def finished_items(out_dir: Path, plan: Sequence[PlannedImage]) -> dict[int, dict]:
