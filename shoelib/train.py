@@ -24,7 +24,6 @@ checkpoint format. What happens, in short:
 from __future__ import annotations
 
 import argparse
-import gc
 import hashlib
 import json
 import os
@@ -44,7 +43,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from shoelib.device import DevicePolicy, choose_policy, cpu_generator, peak_memory_bytes
+from shoelib.device import (
+    DevicePolicy,
+    choose_policy,
+    cpu_generator,
+    free_memory,
+    peak_memory_bytes,
+)
 from shoelib.io import atomic_path, file_sha256, read_json, shared_folder_lock, write_json
 from shoelib.latent_cache import CacheStats, cache_latents, cache_text, load_latent, load_text
 from shoelib.lora_io import (
@@ -307,20 +312,21 @@ class CachedInputs:
     stats: dict[str, CacheStats]
 
 
-def cache_inputs(config: TrainConfig, splits: dict, device: torch.device) -> CachedInputs:
+def cache_inputs(config: TrainConfig, splits: dict, device: torch.device,
+                 policy: DevicePolicy) -> CachedInputs:
     """Encode every image and caption of the splits once; load and free the VAE and text encoder.
 
     Args:
         config: the run's settings (model, resolution, random_flip, cache_dir).
         splits: {"train": DataFrame, "val": DataFrame or None} from `read_split`.
         device: where to run the encoders.
+        policy: the device policy; the encoders run in its `encoder_dtype`.
     """
     cache_dir = Path(config.cache_dir)
-    # float32 whatever the training precision: SD's VAE overflows in float16 and the
-    # encodings are computed once, so speed does not matter here.
-    vae = load_component(config.model, "vae", torch.float32).to(device).eval()
+    vae = load_component(config.model, "vae", policy.encoder_dtype).to(device).eval()
     tokenizer = load_component(config.model, "tokenizer")
-    text_encoder = load_component(config.model, "text_encoder", torch.float32).to(device).eval()
+    text_encoder = load_component(config.model, "text_encoder",
+                                  policy.encoder_dtype).to(device).eval()
     flips = (False, True) if config.random_flip else (False,)
     cached, stats = {}, {}
     for name, frame in splits.items():
@@ -339,14 +345,6 @@ def cache_inputs(config: TrainConfig, splits: dict, device: torch.device) -> Cac
     del vae, text_encoder
     free_memory(device)
     return CachedInputs(cached["train"], cached["val"], load_text(cache_dir, empty_key), stats)
-
-
-def free_memory(device: torch.device | str) -> None:
-    gc.collect()
-    if torch.device(device).type == "cuda":
-        torch.cuda.empty_cache()
-    elif torch.device(device).type == "mps":
-        torch.mps.empty_cache()
 
 
 # --- the diffusion objective (pure functions; tests compare them with diffusers')
@@ -832,7 +830,7 @@ def _train(config: TrainConfig, policy: DevicePolicy, progress: bool) -> TrainRe
     # 2. Cache latents and caption states (main process first; others then find them
     #    cached), then free the VAE and text encoder.
     with accelerator.main_process_first():
-        inputs = cache_inputs(config, splits, device)
+        inputs = cache_inputs(config, splits, device, policy)
     prompts_from = inputs.val if inputs.val is not None else inputs.train
     num_prompts = min(config.num_validation_prompts, len(prompts_from))
     validation_prompts = prompts_from.captions[:num_prompts]

@@ -20,6 +20,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from shoelib import train as train_module
+from shoelib.device import choose_policy
 from shoelib.latent_cache import CacheStats, cache_latents, cache_text, load_latent
 from shoelib.lora_io import apply_lora
 from shoelib.paths import PROJECT_ROOT
@@ -305,7 +306,7 @@ def test_cache_reuses_and_recomputes_only_what_changed(tiny_sd_dir, data, tmp_pa
 def test_sample_batch_uses_the_mirrored_latent_and_empty_caption(trained):
     config, _ = trained
     inputs = train_module.cache_inputs(config, {"train": _split(config.train_dir), "val": None},
-                                       torch.device("cpu"))
+                                       torch.device("cpu"), choose_policy("cpu"))
     flipping = replace(config, caption_dropout=0.999999)
     batch = sample_batch(inputs.train, [0] * 64, torch.Generator().manual_seed(0), flipping,
                          1000, inputs.empty_text)
