@@ -374,6 +374,13 @@ class GeneratedImage:
     first_nonfinite_step: int | None = None
     nsfw: bool | None = None
 
+    @property
+    def label(self) -> str:
+        """Two lines for a grid title: seed, verdict (and retry), seconds and dtype."""
+        retry = " (fp32 retry)" if self.fp32_retry else ""
+        return (f"seed {self.seed}: {self.verdict.problem}{retry}\n"
+                f"{self.seconds:.2f} s, {self.dtype}")
+
     def record(self) -> dict:
         """JSON-friendly record without the image."""
         return {
@@ -585,24 +592,6 @@ class InferenceTestConfig:
 
 
 # --- showing results
-
-def verdict_grid(results: list[GeneratedImage], ncols: int = 4):
-    """A matplotlib figure of the images, each titled with seed, verdict and time."""
-    import matplotlib.pyplot as plt
-
-    nrows = max(1, -(-len(results) // ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3 * ncols, 3.6 * nrows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, result in zip(axes.flat, results, strict=False):
-        ax.imshow(result.image)
-        retry = " (fp32 retry)" if result.fp32_retry else ""
-        ax.set_title(f"seed {result.seed}: {result.verdict.problem}{retry}\n"
-                     f"{result.seconds:.2f} s, {result.dtype}", fontsize=9,
-                     color="black" if result.verdict.ok else "red")
-    fig.tight_layout()
-    return fig
-
 
 def prompt_playground(pipe, policy: DevicePolicy, *, steps: int, resolution: int,
                       guidance_scale: float, seed: int = 0):

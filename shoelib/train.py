@@ -41,7 +41,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from shoelib.device import (
     DevicePolicy,
@@ -50,7 +49,8 @@ from shoelib.device import (
     free_memory,
     peak_memory_bytes,
 )
-from shoelib.io import atomic_path, file_sha256, read_json, shared_folder_lock, write_json
+from shoelib.figures import image_grid, save_figure
+from shoelib.io import file_sha256, read_json, shared_folder_lock, write_json
 from shoelib.latent_cache import CacheStats, cache_latents, cache_text, load_latent, load_text
 from shoelib.lora_io import (
     DIFFUSERS_WEIGHT_NAME,
@@ -715,20 +715,6 @@ def validation_images(unet, prompt_embeds: list[torch.Tensor], empty_text: torch
     return np.stack(images)
 
 
-def save_grid(images: np.ndarray, path: Path, columns: int = 4) -> Path:
-    """Tile float images (n, h, w, 3) in [0, 1] into one PNG, written atomically."""
-    n, h, w, _ = images.shape
-    columns = min(columns, n)
-    rows = -(-n // columns)
-    grid = Image.new("RGB", (columns * w, rows * h), "white")
-    for i, image in enumerate(images):
-        tile = Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8))
-        grid.paste(tile, ((i % columns) * w, (i // columns) * h))
-    with atomic_path(path) as tmp:
-        grid.save(tmp)
-    return path
-
-
 # --- the result
 
 @dataclass(frozen=True)
@@ -982,13 +968,24 @@ def run_validation(config: TrainConfig, accelerator, unet, inputs: CachedInputs,
                 images = validation_images(model, embeds, inputs.empty_text, config,
                                            accelerator.device)
         if images is not None:
-            grid = save_grid(images, Path(config.output_dir) / "validation"
-                             / f"step_{state.step:06d}.png")
+            grid = save_validation_grid(images, Path(config.output_dir) / "validation"
+                                        / f"step_{state.step:06d}.png")
             state.history.grids.append([state.step, str(grid.relative_to(config.output_dir))])
             accelerator.get_tracker("tensorboard").log_images(
                 {"validation": images}, step=state.step, dataformats="NHWC")
     accelerator.wait_for_everyone()
     return images
+
+
+def save_validation_grid(images: np.ndarray, path: Path) -> Path:
+    """One row of the validation images (n, h, w, 3) in [0, 1], each shown at its own size."""
+    import matplotlib.pyplot as plt
+
+    _, h, w, _ = images.shape
+    fig = image_grid(np.clip(images, 0, 1), ncols=len(images), tile_inches=(w / 100, h / 100))
+    save_figure(fig, path, dpi=100)
+    plt.close(fig)  # not shown again at the end of a notebook cell
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:

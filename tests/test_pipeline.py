@@ -372,6 +372,7 @@ def test_nan_latents_in_half_precision_retry_in_float32(tiny_sd_dir, cpu_policy)
     assert result.first_verdict.problem == "nonfinite_latents"
     assert result.first_verdict.nonfinite_latents == 4 * 8 * 8
     assert result.first_nonfinite_step == 0
+    assert result.label.startswith("seed 9: ok (fp32 retry)\n") and "float32" in result.label
     assert pipe.unet.dtype == pipe.vae.dtype == torch.float32  # stays so for the next images
     # The retry is the float32 image of the same seed, up to the bf16 rounding of the weights.
     clean = generate_checked(load(tiny_sd_dir, cpu_policy), PROMPT, 9, policy=cpu_policy,
