@@ -4,7 +4,7 @@ evaluation's weight-free checks per image.
     .venv/bin/python benchmarks/bench_generate.py [--model data/demo/models/tiny-sd]
         [--resolution 64] [--steps 25] [--batch-sizes 1,4,8] [--repeats 5] [--device auto]
 
-Generation: `shoelib.generate.render_batch` (the path 06 takes: CPU-seeded latents, one
+Generation: `shoelib.generate.render` (the path 06 takes: CPU-seeded latents, one
 pipeline call, the NaN/black check per image) at each batch size; batch size 1 is the baseline.
 Each repeat renders every batch size once, the order rotating, so a machine that gets busier
 during the run affects all sizes alike. Prints the median seconds per image and the ratio to
@@ -31,7 +31,7 @@ from shoelib.generate import (
     PromptPlanConfig,
     load_generation_pipeline,
     make_plan,
-    render_batch,
+    render,
 )
 from shoelib.metrics import photo_measures
 from shoelib.paths import DEMO_DIR
@@ -41,14 +41,14 @@ def time_batches(pipe, gen: GenerateConfig, policy, sizes: list[int], repeats: i
     """Median seconds per image for each batch size."""
     plan = make_plan(PromptPlanConfig(n_images=max(sizes) * (repeats + 1), seed=0,
                                       colours=(("Black", 1.0), ("Red", 1.0))))
-    render_batch(pipe, [plan[0].prompt], [plan[0].seed], gen, policy)  # warm-up
+    render(pipe, [plan[0].prompt], [plan[0].seed], gen, policy)  # warm-up
     per_image: dict[int, list[float]] = {s: [] for s in sizes}
     for r in range(repeats):
         order = sizes[r % len(sizes):] + sizes[:r % len(sizes)]
         for size in order:
             items = plan[r * max(sizes):r * max(sizes) + size]
             t0 = time.perf_counter()
-            render_batch(pipe, [i.prompt for i in items], [i.seed for i in items], gen, policy)
+            render(pipe, [i.prompt for i in items], [i.seed for i in items], gen, policy)
             per_image[size].append((time.perf_counter() - t0) / size)
     return {s: statistics.median(v) for s, v in per_image.items()}
 

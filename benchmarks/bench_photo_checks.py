@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         keep, y = C.encode_labels(labels[k], classes)
         kept = [p for (p, _), ok in zip(split[k], keep, strict=True) if ok]
         sets[k] = C.LabelledSet(k, C.load_pixels(kept, config.image_px), y)
-    runs = C.downstream_study([sets["A"]], sets["B"], len(classes), config, args.classifier_seeds)
+    runs = C.run_classifiers([sets["A"]], sets["B"], len(classes), config, args.classifier_seeds)
     summary = C.summarise_study(runs).iloc[0]
     baseline = C.majority_baseline(sets["A"].y, sets["B"].y, len(classes))
     print(f"\n2. colour classifier, {len(classes)} classes {classes}: trained on {len(sets['A'])} "

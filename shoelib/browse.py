@@ -13,6 +13,9 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
+from shoelib.figures import image_grid
+from shoelib.images import open_image, to_rgb
+
 
 def widget_frontend() -> bool:
     """True when widgets can be used: an IPython kernel started by a Jupyter server.
@@ -34,17 +37,17 @@ def widget_frontend() -> bool:
 
 
 def thumbnail(path: str | Path, side: int = 256) -> Image.Image:
-    """An RGB thumbnail whose longer side is at most `side` px (JPEGs decoded at reduced scale)."""
-    with Image.open(path) as img:
-        img.draft("RGB", (side, side))
-        img = img.convert("RGB")
-        img.thumbnail((side, side))
-        return img
+    """An RGB thumbnail whose longer side is at most `side` px, upright, transparency on white
+    (JPEGs decoded at reduced scale)."""
+    img = to_rgb(open_image(path, side))
+    img.thumbnail((side, side))
+    return img
 
 
-def image_grid(frame: pd.DataFrame, n: int, seed: int = 0, ncols: int = 4,
-               label_columns: tuple[str, ...] = ("baseColour", "gender"), side: int = 256):
-    """A matplotlib figure of `n` random readable images of `frame` (rows with image_status ok).
+def sample_grid(frame: pd.DataFrame, n: int, seed: int = 0, ncols: int = 4,
+                label_columns: tuple[str, ...] = ("baseColour", "gender"), side: int = 256):
+    """A grid figure (`shoelib.figures.image_grid`) of `n` random readable images of `frame`
+    (rows with image_status ok), each titled with its id and label columns.
 
     Args:
         frame: rows with `image_path`, `image_status` and the label columns.
@@ -54,27 +57,14 @@ def image_grid(frame: pd.DataFrame, n: int, seed: int = 0, ncols: int = 4,
         label_columns: shown under each image, with the id.
         side: thumbnail size in px.
     Returns:
-        matplotlib Figure (an empty one with a note when no image is readable).
+        matplotlib Figure (one saying "no readable image" when there is none).
     """
-    import matplotlib.pyplot as plt
-
     ok = frame[frame["image_status"] == "ok"]
     rows = ok.sample(n=min(n, len(ok)), random_state=seed) if len(ok) else ok
-    if rows.empty:
-        fig, ax = plt.subplots(figsize=(4, 1))
-        ax.axis("off")
-        ax.text(0.5, 0.5, "no readable image", ha="center", va="center")
-        return fig
-    nrows = -(-len(rows) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.4 * ncols, 3.0 * nrows), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, (_, row) in zip(axes.ravel(), rows.iterrows(), strict=False):
-        ax.imshow(thumbnail(row["image_path"], side))
-        labels = [str(row[c]) for c in label_columns if c in row.index]
-        ax.set_title(f"{row['id']}\n{' · '.join(labels)}", fontsize=8)
-    fig.tight_layout()
-    return fig
+    titles = [f"{row['id']}\n{' · '.join(str(row[c]) for c in label_columns if c in row.index)}"
+              for _, row in rows.iterrows()]
+    return image_grid([thumbnail(p, side) for p in rows["image_path"]], titles, ncols=ncols,
+                      tile_inches=(2.4, 3.0), empty="no readable image")
 
 
 def colour_browser(frame: pd.DataFrame, n: int = 8, column: str = "baseColour", seed: int = 0):
@@ -94,7 +84,7 @@ def colour_browser(frame: pd.DataFrame, n: int = 8, column: str = "baseColour", 
     def show(change=None) -> None:
         with output:
             output.clear_output(wait=True)
-            fig = image_grid(frame[frame[column] == dropdown.value], n=n, seed=seed)
+            fig = sample_grid(frame[frame[column] == dropdown.value], n=n, seed=seed)
             display(fig)
             plt.close(fig)
 

@@ -20,7 +20,8 @@ from PIL import Image
 from sklearn.metrics import accuracy_score, f1_score
 from torch import nn
 
-from shoelib.metrics import MetricResult, open_rgb, palette_name
+from shoelib.images import open_rgb
+from shoelib.metrics import MetricResult, palette_name
 
 
 @dataclass(frozen=True)
@@ -158,8 +159,8 @@ def predict(model: nn.Module, x: np.ndarray, batch_size: int = 256, device: str 
     return torch.cat(out).numpy() if out else np.zeros(0, np.int64)
 
 
-def downstream_study(train_sets: Sequence[LabelledSet], test: LabelledSet, n_classes: int,
-                     config: ClassifierConfig, seeds: Sequence[int]) -> pd.DataFrame:
+def run_classifiers(train_sets: Sequence[LabelledSet], test: LabelledSet, n_classes: int,
+                    config: ClassifierConfig, seeds: Sequence[int]) -> pd.DataFrame:
     """Train on each training set with each seed; score on the real test set.
 
     Returns:

@@ -38,7 +38,7 @@ from shoelib.images import (
     prepare_images,
     size_problem,
 )
-from shoelib.io import atomic_path, folder_lock, write_json, write_text
+from shoelib.io import atomic_path, folder_lock, remove_temp_files, write_json, write_text
 from shoelib.paths import resolve
 
 SPLITS = ("train", "val", "test")
@@ -460,7 +460,7 @@ def _export_locked(plan: DatasetPlan, out_dir: Path, config: DatasetConfig,
                    progress: bool) -> ExportResult:
     for name in SPLITS:
         (out_dir / name).mkdir(parents=True, exist_ok=True)
-    _remove_temp_files(out_dir)
+    remove_temp_files(out_dir, *(out_dir / s for s in SPLITS))
     rows = plan.rows.copy()
     rows["file_name"] = rows["id"].map(lambda i: f"{int(i)}.png")
     rows["png_path"] = [str(out_dir / s / f) for s, f in zip(rows["split"], rows["file_name"],
@@ -605,16 +605,6 @@ def _write_manifest(path: Path, entries: dict[str, dict]) -> None:
     """Rewrite the manifest compactly (one line per current image)."""
     text = "".join(json.dumps(entries[k]) + "\n" for k in sorted(entries, key=int))
     write_text(path, text)
-
-
-def _remove_temp_files(out_dir: Path) -> int:
-    """Delete temp files a killed run left behind (atomic_path names them .<stem>.*.tmp.*)."""
-    n = 0
-    for folder in [out_dir, *(out_dir / s for s in SPLITS)]:
-        for tmp in folder.glob(".*.tmp*"):
-            tmp.unlink(missing_ok=True)
-            n += 1
-    return n
 
 
 def _remove_stale(out_dir: Path, pngs: set[str]) -> int:

@@ -8,6 +8,16 @@ Decisions, in one table (`choose_policy`):
 | mps    | float32 | float16 on Apple MPS gave NaN latents -> black images |
 | cpu    | float32 | half precision on CPU is slow and some kernels are missing |
 
+and the rules that follow from it:
+
+- a half-precision image that fails its check is generated again in float32
+  (`fallback_dtype`); a float32 failure is final;
+- generation batches are 1 image on MPS, where batched calls misbehave (`DevicePolicy.batch_size`);
+- the VAE and text encoder that encode the training set once run in float32 whatever the
+  training precision: SD's VAE overflows in float16 (`DevicePolicy.encoder_dtype`);
+- under a multi-process launch every process uses its own GPU, cuda:<local rank>
+  (`for_process`).
+
 Everything that asks "is CUDA/MPS/bf16 there, how much RAM" goes through the small
 `*_available` / `system_memory_bytes` functions below, so tests can simulate any machine.
 Seeded noise is drawn on a CPU generator and moved to the device: the same seed gives the
@@ -16,13 +26,14 @@ same starting latents on every device and dtype.
 
 from __future__ import annotations
 
+import gc
 import resource
 import sys
 import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import psutil
 import torch
@@ -78,6 +89,17 @@ class DevicePolicy:
     @property
     def is_half(self) -> bool:
         return self.dtype in (torch.float16, torch.bfloat16)
+
+    @property
+    def encoder_dtype(self) -> torch.dtype:
+        """dtype of the VAE and text encoder that encode the training set once: float32
+        whatever `dtype` is (SD's VAE overflows in float16; they run once, so speed does not
+        matter)."""
+        return torch.float32
+
+    def batch_size(self, requested: int) -> int:
+        """Images per generation call: `requested`, but 1 on MPS (batched calls misbehave there)."""
+        return 1 if self.device == "mps" else int(requested)
 
     def as_dict(self) -> dict:
         """JSON-friendly view (dtype as its name)."""
@@ -232,6 +254,25 @@ def set_cpu_threads(cpu_threads: int) -> None:
         torch.set_num_threads(cpu_threads)
 
 
+def fallback_dtype(dtype: torch.dtype) -> torch.dtype | None:
+    """The precision to retry a failed (NaN/black/flat) image in: float32 after float16 or
+    bfloat16, whose activations can overflow; None after float32, where a retry would fail
+    the same way."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else None
+
+
+def for_process(policy: DevicePolicy, num_processes: int, process_device: str) -> DevicePolicy:
+    """The policy of one process of a launch.
+
+    Under a multi-process CUDA launch each process runs on its own GPU (`process_device`,
+    cuda:<local rank>, as accelerate assigns it) instead of all piling onto cuda:0. One
+    process, or a non-CUDA device, keeps the policy as it is.
+    """
+    if num_processes > 1 and policy.device == "cuda":
+        return replace(policy, device=str(process_device))
+    return policy
+
+
 # --- seeded noise
 
 def cpu_generator(seed: int) -> torch.Generator:
@@ -266,11 +307,16 @@ def initial_latents(seed: int, shape: tuple[int, ...], device: str | torch.devic
     return noise.to(device=device, dtype=dtype)
 
 
+def _kind(device: str | torch.device) -> str:
+    """The device type: cuda for both "cuda" and "cuda:1" (a process's own GPU, `for_process`)."""
+    return torch.device(device).type
+
+
 def synchronize(device: str) -> None:
     """Wait for queued GPU work, so a timer measures the work and not its launch."""
-    if device == "cuda":
+    if _kind(device) == "cuda":
         torch.cuda.synchronize()
-    elif device == "mps":
+    elif _kind(device) == "mps":
         torch.mps.synchronize()
 
 
@@ -287,9 +333,9 @@ def peak_memory_bytes(device: str) -> int:
     mps: memory the Metal driver holds now (MPS keeps no peak counter).
     cpu: the process's lifetime peak RSS (the OS keeps it; it cannot be reset).
     """
-    if device == "cuda":
+    if _kind(device) == "cuda":
         return torch.cuda.max_memory_allocated()
-    if device == "mps":
+    if _kind(device) == "mps":
         return torch.mps.driver_allocated_memory()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # macOS: bytes; Linux: KiB
@@ -297,20 +343,27 @@ def peak_memory_bytes(device: str) -> int:
 
 def current_memory_bytes(device: str) -> int:
     """Memory in use now: the device allocator on cuda/mps, the process RSS on cpu."""
-    if device == "cuda":
+    if _kind(device) == "cuda":
         return torch.cuda.memory_allocated()
-    if device == "mps":
+    if _kind(device) == "mps":
         return torch.mps.driver_allocated_memory()
     return process_rss_bytes()
 
 
-def reset_peak_memory(device: str) -> None:
-    """Start a new peak on cuda (and release cached blocks); a no-op elsewhere."""
-    if device == "cuda":
+def free_memory(device: str | torch.device) -> None:
+    """Collect garbage and hand the device allocator's cached blocks back (cuda, mps)."""
+    gc.collect()
+    if _kind(device) == "cuda":
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    elif device == "mps":
+    elif _kind(device) == "mps":
         torch.mps.empty_cache()
+
+
+def reset_peak_memory(device: str) -> None:
+    """Start a new peak on cuda (after releasing cached blocks); frees caches elsewhere."""
+    free_memory(device)
+    if _kind(device) == "cuda":
+        torch.cuda.reset_peak_memory_stats()
 
 
 class PeakMemory:
@@ -359,14 +412,14 @@ def measure_peak_memory(device: str, interval_s: float = 0.02) -> Iterator[PeakM
         mem.peak_bytes
     """
     synchronize(device)
-    if device == "cuda":
+    if _kind(device) == "cuda":
         reset_peak_memory(device)
         meter = PeakMemory(device, "cuda_allocator", torch.cuda.memory_allocated())
         yield meter
         synchronize(device)
         meter.peak_bytes = max(meter.start_bytes, torch.cuda.max_memory_allocated())
         return
-    source = "mps_driver" if device == "mps" else "process_rss"
+    source = "mps_driver" if _kind(device) == "mps" else "process_rss"
     meter = PeakMemory(device, source, current_memory_bytes(device))
     stop = threading.Event()
     sampler = threading.Thread(target=_sample_peak, args=(meter, stop, interval_s), daemon=True)

@@ -19,6 +19,7 @@ import pandas as pd
 from shoelib import checks
 from shoelib import classifier as C
 from shoelib import metrics as M
+from shoelib.images import open_rgb
 from shoelib.paths import RunPaths, resolve
 
 FIDELITY_FEATURES = ("clip", "pixels", "inception", "encoder")
@@ -225,7 +226,7 @@ def clip_score_results(clip: M.ClipBundle | None, sets: EvalSets,
 def _scores(clip: M.ClipBundle, frame: pd.DataFrame, batch_size: int) -> np.ndarray:
     out = []
     for chunk in M.batches(frame.index, batch_size):
-        images = [M.open_rgb(p) for p in frame.loc[chunk, "image_path"]]
+        images = [open_rgb(p) for p in frame.loc[chunk, "image_path"]]
         out.append(M.clip_scores(clip, images, list(frame.loc[chunk, "text"])))
     return np.concatenate(out) if out else np.zeros(0)
 
@@ -319,8 +320,8 @@ def downstream_study(sets: EvalSets, config: EvalConfig) -> DownstreamStudy:
                                      np.concatenate([real.y, syn.y])), syn]
     else:
         notes.append("no synthetic images of these colours: only the real classifier is trained")
-    runs = C.downstream_study(train_sets, test, len(classes), config.classifier,
-                              config.classifier_seeds)
+    runs = C.run_classifiers(train_sets, test, len(classes), config.classifier,
+                             config.classifier_seeds)
     summary = C.summarise_study(runs)
     baseline = C.majority_baseline(real.y, test.y, len(classes))
     return DownstreamStudy(classes, runs, summary,
@@ -335,36 +336,6 @@ def labelled_set(name: str, frame: pd.DataFrame, classes: Sequence[str], px: int
 
 
 # --- figures
-
-
-def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
-    """Write a figure as PNG atomically (the notebook then shows it)."""
-    from shoelib.io import atomic_path
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi)
-    return Path(path)
-
-
-def image_grid(paths: Sequence[str | Path], titles: Sequence[str], ncols: int = 4,
-               title: str = "", colours: Sequence[str] | None = None) -> Any:
-    """A matplotlib figure of images with small titles (empty grid says so)."""
-    import matplotlib.pyplot as plt
-
-    n = max(1, len(paths))
-    nrows = -(-n // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 3.2 * nrows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    if not paths:
-        axes.flat[0].text(0.5, 0.5, "no images", ha="center", va="center")
-    for i, (ax, path, text) in enumerate(zip(axes.flat, paths, titles, strict=False)):
-        ax.imshow(M.open_rgb(path))
-        ax.set_title(text, fontsize=8, color=colours[i] if colours else "black")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
 
 
 def confusion_figure(confusion: pd.DataFrame, title: str) -> Any:
@@ -475,7 +446,7 @@ def reference_photos(data_root: str | Path, categories: Sequence[str]) -> pd.Dat
     for r in frame.itertuples():
         path = image_path_for(root / "images", int(r.id))
         try:
-            M.open_rgb(path)
+            open_rgb(path)
         except Exception:  # missing or broken photos are 01's to report, not a reference
             continue
         rows.append({"image_path": str(path), "articleType": r.articleType})

@@ -55,6 +55,7 @@ from shoelib.io import (
     FolderInUseError,
     atomic_path,
     read_json,
+    remove_temp_files,
     shared_folder_lock,
     write_json,
     write_text,
@@ -233,7 +234,8 @@ class GenerateConfig:
         guidance_scale: classifier-free guidance weight.
         negative_prompt: what to steer away from ("" = none).
         resolution: image side in px (multiple of 8).
-        batch_size: images per pipeline call; forced to 1 on MPS (batches misbehave there).
+        batch_size: images per pipeline call (the device policy may lower it:
+            `DevicePolicy.batch_size`).
         max_attempts: tries per plan item (the next seed each time) before it is given up.
         device, dtype: for `shoelib.device.choose_policy`.
         local_config: diffusers config folder for a single-file model.
@@ -456,15 +458,6 @@ def read_png_record(path: Path) -> dict | None:
     return record if isinstance(record, dict) and "index" in record else None
 
 
-def remove_temp_files(out_dir: Path) -> int:
-    """Delete temp files a killed run left (atomic_path names them .<stem>.<random>.tmp.*)."""
-    n = 0
-    for tmp in out_dir.glob(".*.tmp*"):
-        tmp.unlink(missing_ok=True)
-        n += 1
-    return n
-
-
 def finished_items(out_dir: Path, plan: Sequence[PlannedImage]) -> dict[int, dict]:
     """Plan items already done: index -> PNG record, or {"failed": ...} for given-up items.
 
@@ -500,70 +493,23 @@ def rebuild_manifest(out_dir: Path, plan: Sequence[PlannedImage]) -> pd.DataFram
 # --- rendering
 
 
-@dataclass(frozen=True)
-class Rendered:
-    """One rendered image and its check."""
+def render(pipe: Any, prompts: Sequence[str], seeds: Sequence[int], gen: GenerateConfig,
+           policy: Any) -> list:
+    """Render and check prompts with `gen`'s settings in one pipeline call:
+    `shoelib.pipeline.generate_checked_batch`, which retries a failed half-precision image in
+    float32 from the same seed. Returns its `GeneratedImage`s, in prompt order."""
+    from shoelib.pipeline import generate_checked_batch
 
-    image: Image.Image
-    ok: bool
-    problem: str
-    seconds: float
-    dtype: str
-    fp32_retry: bool = False
-
-
-def render_batch(pipe: Any, prompts: Sequence[str], seeds: Sequence[int], gen: GenerateConfig,
-                 policy: Any) -> list[Rendered]:
-    """Render several prompts in one pipeline call, each from its own CPU-seeded noise, and
-    check each image with the NaN/black guard (`shoelib.pipeline.check_image`).
-
-    Each image's starting latents come from a CPU generator seeded with its own seed, so an
-    image is the same whether it is rendered alone or in a batch (up to float rounding).
-    """
-    import torch
-
-    from shoelib.device import initial_latents, step_noise_generator, synchronize
-    from shoelib.pipeline import check_image, decode_latents
-
-    side = gen.resolution // pipe.vae_scale_factor
-    shape = (1, pipe.unet.config.in_channels, side, side)
-    latents = torch.cat([initial_latents(s, shape, policy.device, pipe.unet.dtype) for s in seeds])
-    negative = [gen.negative_prompt] * len(prompts) if gen.negative_prompt else None
-    synchronize(policy.device)
-    t0 = time.perf_counter()
-    out = pipe(list(prompts), negative_prompt=negative, height=gen.resolution,
-               width=gen.resolution, num_inference_steps=gen.steps,
-               guidance_scale=gen.guidance_scale, latents=latents,
-               generator=[step_noise_generator(s) for s in seeds],
-               output_type="latent")
-    decoded = decode_latents(pipe, out.images)
-    pixels = pipe.image_processor.postprocess(decoded, output_type="np")
-    synchronize(policy.device)
-    seconds = (time.perf_counter() - t0) / len(prompts)
-    dtype = str(pipe.unet.dtype).removeprefix("torch.")
-    rendered = []
-    for i in range(len(prompts)):
-        verdict = check_image(out.images[i:i + 1], pixels[i])
-        image = pipe.image_processor.numpy_to_pil(np.nan_to_num(pixels[i:i + 1], nan=0.0))[0]
-        rendered.append(Rendered(image, verdict.ok, verdict.problem, seconds, dtype))
-    return rendered
-
-
-def render_retry(pipe: Any, prompt: str, seed: int, gen: GenerateConfig, policy: Any) -> Rendered:
-    """Render one image with `generate_checked` (which retries once in float32 when a
-    half-precision image fails)."""
-    from shoelib.pipeline import generate_checked
-
-    result = generate_checked(pipe, prompt, seed, steps=gen.steps, resolution=gen.resolution,
-                              guidance_scale=gen.guidance_scale,
-                              negative_prompt=gen.negative_prompt or None, policy=policy)
-    return Rendered(result.image, result.verdict.ok, result.verdict.problem, result.seconds,
-                    result.dtype, result.fp32_retry)
+    return generate_checked_batch(pipe, list(prompts), list(seeds), steps=gen.steps,
+                                  resolution=gen.resolution, guidance_scale=gen.guidance_scale,
+                                  negative_prompt=gen.negative_prompt or None, policy=policy)
 
 
 def generate_items(pipe: Any, items: Sequence[PlannedImage], out_dir: Path, gen: GenerateConfig,
                    policy: Any, progress: bool = True, process: int = 0) -> Counter:
-    """Render, check and save `items`; a failed image is tried again with the next seed.
+    """Render, check and save `items` in batches of `gen.batch_size` (as the device policy
+    allows). A failed half-precision image is first retried in float32 from the same seed
+    (`render`); an image that still fails is tried again with the next seed.
 
     `process` (the accelerate rank) is recorded with each image.
 
@@ -573,28 +519,28 @@ def generate_items(pipe: Any, items: Sequence[PlannedImage], out_dir: Path, gen:
     from tqdm.auto import tqdm
 
     counts: Counter = Counter()
-    batch = 1 if policy.device == "mps" else gen.batch_size
+    batch = policy.batch_size(gen.batch_size)
     bar = tqdm(total=len(items), desc="generate", disable=not progress)
     for start in range(0, len(items), batch):
         chunk = items[start:start + batch]
-        first = render_batch(pipe, [i.prompt for i in chunk], [i.seed for i in chunk], gen, policy)
+        first = render(pipe, [i.prompt for i in chunk], [i.seed for i in chunk], gen, policy)
         for item, result in zip(chunk, first, strict=True):
             seed, failures, seconds = item.seed, [], result.seconds
-            while not result.ok and len(failures) + 1 < gen.max_attempts:
-                failures.append(result.problem)
+            while not result.verdict.ok and len(failures) + 1 < gen.max_attempts:
+                failures.append(result.verdict.problem)
                 seed += 1
-                result = render_retry(pipe, item.prompt, seed, gen, policy)
+                result = render(pipe, [item.prompt], [seed], gen, policy)[0]
                 seconds += result.seconds
             counts["regenerated"] += len(failures)
             counts["fp32_retries"] += int(result.fp32_retry)
-            if result.ok:
+            if result.verdict.ok:
                 record = image_record(item, gen, seed=seed, attempts=len(failures) + 1,
                                       failures=failures, fp32_retry=result.fp32_retry,
                                       seconds=seconds, dtype=result.dtype, process=process)
                 write_png(result.image, out_dir / item.file_name, record)
                 counts["saved"] += 1
             else:
-                failures.append(result.problem)
+                failures.append(result.verdict.problem)
                 write_json(out_dir / f"{item.index:06d}.failed.json",
                            {"index": item.index, "prompt": item.prompt, "seeds_tried":
                             [item.seed + k for k in range(len(failures))], "failures": failures})
@@ -631,17 +577,15 @@ def process_state(gen: GenerateConfig) -> tuple[Any, Any]:
 
     The state must be told about CPU runs (`cpu=True`), or CPU processes started by
     `accelerate launch` would each think they are alone. Under multi-GPU launches each
-    process uses its own GPU (cuda:<local rank>) instead of all piling onto cuda:0.
+    process uses its own GPU (`shoelib.device.for_process`).
     """
     from accelerate import PartialState
 
-    from shoelib.device import choose_policy
+    from shoelib.device import choose_policy, for_process
 
     policy = choose_policy(gen.device, gen.dtype)
     state = PartialState(cpu=policy.device == "cpu")
-    if state.num_processes > 1 and policy.device == "cuda":
-        policy = replace(policy, device=str(state.device))
-    return state, policy
+    return state, for_process(policy, state.num_processes, str(state.device))
 
 
 def generate(plan_config: PromptPlanConfig, gen: GenerateConfig, out_dir: str | Path, *,

@@ -212,6 +212,11 @@ def open_image(path: str | Path, size: int | None = None) -> Image.Image:
     return _decode(path, size)[0]
 
 
+def open_rgb(path: str | Path) -> Image.Image:
+    """An image file as upright 8-bit RGB, transparency composited on white (`to_rgb`)."""
+    return to_rgb(open_image(path))
+
+
 def _decode(path: str | Path, size: int | None) -> tuple[Image.Image, tuple[int, int], str]:
     """`open_image`, plus the file's own size and mode (before draft scaling)."""
     img = Image.open(path)

@@ -40,6 +40,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def remove_temp_files(*folders: str | Path) -> int:
+    """Delete the temporary files that `atomic_path` left in these folders when a run was
+    killed mid-write (.<stem>.<random>.tmp<suffix>); returns how many. Run it only while no
+    other process writes there: their temporary files look the same."""
+    n = 0
+    for folder in folders:
+        for tmp in Path(folder).glob(".*.tmp*"):
+            tmp.unlink(missing_ok=True)
+            n += 1
+    return n
+
+
 def write_text(path: str | Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

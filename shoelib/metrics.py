@@ -26,7 +26,7 @@ import pandas as pd
 from PIL import Image
 from scipy import fft, ndimage
 
-from shoelib.images import to_rgb
+from shoelib.images import open_rgb
 
 # --- results
 
@@ -80,13 +80,6 @@ def results_table(results: Sequence[MetricResult]) -> pd.DataFrame:
 
 
 # --- images
-
-
-def open_rgb(path: str | Path) -> Image.Image:
-    """An image as RGB; transparency is composited on white (the catalogue's background)."""
-    with Image.open(path) as im:
-        im.load()
-        return to_rgb(im).copy()
 
 
 def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

@@ -15,6 +15,7 @@ import re
 import statistics
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -24,7 +25,13 @@ from PIL import Image
 
 from shoelib import checks
 from shoelib.captions import DEFAULT_TEMPLATE, check_template, fill
-from shoelib.device import DevicePolicy, initial_latents, step_noise_generator, synchronize
+from shoelib.device import (
+    DevicePolicy,
+    fallback_dtype,
+    initial_latents,
+    step_noise_generator,
+    synchronize,
+)
 from shoelib.paths import resolve
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
@@ -367,6 +374,13 @@ class GeneratedImage:
     first_nonfinite_step: int | None = None
     nsfw: bool | None = None
 
+    @property
+    def label(self) -> str:
+        """Two lines for a grid title: seed, verdict (and retry), seconds and dtype."""
+        retry = " (fp32 retry)" if self.fp32_retry else ""
+        return (f"seed {self.seed}: {self.verdict.problem}{retry}\n"
+                f"{self.seconds:.2f} s, {self.dtype}")
+
     def record(self) -> dict:
         """JSON-friendly record without the image."""
         return {
@@ -379,14 +393,17 @@ class GeneratedImage:
 
 
 class _NonFiniteWatch:
-    """`callback_on_step_end` that remembers the first step whose latents hold NaN/inf."""
+    """`callback_on_step_end` that remembers, per image of the batch, the first step whose
+    latents hold NaN/inf."""
 
-    def __init__(self) -> None:
-        self.first_step: int | None = None
+    def __init__(self, n: int) -> None:
+        self.first_step: list[int | None] = [None] * n
 
     def __call__(self, pipe, step: int, timestep, callback_kwargs: dict) -> dict:
-        if self.first_step is None and not torch.isfinite(callback_kwargs["latents"]).all():
-            self.first_step = step
+        bad = ~torch.isfinite(callback_kwargs["latents"]).flatten(1).all(dim=1)
+        for i in torch.nonzero(bad).flatten().tolist():
+            if self.first_step[i] is None:
+                self.first_step[i] = step
         return callback_kwargs
 
 
@@ -402,79 +419,105 @@ def decode_latents(pipe, latents: torch.Tensor) -> torch.Tensor:
         return pipe.vae.decode(scaled, return_dict=False)[0]
 
 
-def _generate_once(pipe, prompt: str, seed: int, *, steps: int, resolution: int,
-                   guidance_scale: float, negative_prompt: str | None,
-                   device: str) -> GeneratedImage:
+def _render(pipe, prompts: Sequence[str], seeds: Sequence[int], *, steps: int, resolution: int,
+            guidance_scale: float, negative_prompt: str | None,
+            device: str) -> list[GeneratedImage]:
+    """One pipeline call for all prompts, each image from its own CPU-seeded noise, each
+    checked. `seconds` is the call's wall time shared equally among its images."""
     dtype = pipeline_dtype(pipe)
-    shape = (1, pipe.unet.config.in_channels, resolution // pipe.vae_scale_factor,
-             resolution // pipe.vae_scale_factor)
-    start_latents = initial_latents(seed, shape, device, dtype)
-    watch = _NonFiniteWatch()
+    side = resolution // pipe.vae_scale_factor
+    shape = (1, pipe.unet.config.in_channels, side, side)
+    start_latents = torch.cat([initial_latents(s, shape, device, dtype) for s in seeds])
+    negative = [negative_prompt] * len(prompts) if negative_prompt else None
+    watch = _NonFiniteWatch(len(prompts))
     synchronize(device)
     t0 = time.perf_counter()
-    # Latent output, decoded here: the guard needs the latents the image came from.
-    latents = pipe(prompt, negative_prompt=negative_prompt, height=resolution, width=resolution,
+    # Latent output, decoded here: the guard needs the latents each image came from.
+    latents = pipe(list(prompts), negative_prompt=negative, height=resolution, width=resolution,
                    num_inference_steps=steps, guidance_scale=guidance_scale,
-                   latents=start_latents, generator=step_noise_generator(seed),
+                   latents=start_latents, generator=[step_noise_generator(s) for s in seeds],
                    output_type="latent", callback_on_step_end=watch).images
     decoded = decode_latents(pipe, latents)
-    nsfw, denormalize = None, None
+    nsfw, denormalize = [None] * len(prompts), None
     if pipe.safety_checker is not None:
         decoded, flags = pipe.run_safety_checker(decoded, device, dtype)
-        nsfw = bool(flags[0])
-        denormalize = [not nsfw]  # a flagged image is zeros: keep it black, as diffusers does
+        nsfw = [bool(f) for f in flags]
+        denormalize = [not f for f in nsfw]  # a flagged image is zeros: keep it black
     pixels = pipe.image_processor.postprocess(decoded, output_type="np",
-                                              do_denormalize=denormalize)[0]
+                                              do_denormalize=denormalize)
     synchronize(device)
-    seconds = time.perf_counter() - t0
-    verdict = check_image(latents, pixels)
-    if nsfw and not verdict.ok:
-        verdict = replace(verdict, problem="safety_checker",
-                          reason="blacked out by the safety checker (NSFW flag)")
-    image = pipe.image_processor.numpy_to_pil(np.nan_to_num(pixels, nan=0.0)[None])[0]
-    return GeneratedImage(prompt=prompt, seed=int(seed), image=image, verdict=verdict,
-                          seconds=seconds, dtype=str(dtype).removeprefix("torch."),
-                          first_nonfinite_step=watch.first_step, nsfw=nsfw)
+    seconds = (time.perf_counter() - t0) / len(prompts)
+    results = []
+    for i, (prompt, seed) in enumerate(zip(prompts, seeds, strict=True)):
+        verdict = check_image(latents[i:i + 1], pixels[i])
+        if nsfw[i] and not verdict.ok:
+            verdict = replace(verdict, problem="safety_checker",
+                              reason="blacked out by the safety checker (NSFW flag)")
+        image = pipe.image_processor.numpy_to_pil(np.nan_to_num(pixels[i:i + 1], nan=0.0))[0]
+        results.append(GeneratedImage(prompt=prompt, seed=int(seed), image=image,
+                                      verdict=verdict, seconds=seconds,
+                                      dtype=str(dtype).removeprefix("torch."),
+                                      first_nonfinite_step=watch.first_step[i], nsfw=nsfw[i]))
+    return results
 
 
-def generate_checked(pipe, prompt: str, seed: int, *, steps: int, resolution: int,
-                     guidance_scale: float = 7.5, negative_prompt: str | None = None,
-                     policy: DevicePolicy) -> GeneratedImage:
-    """Generate one image from a CPU-seeded start, check it, retry once in float32 if needed.
+def generate_checked_batch(pipe, prompts: Sequence[str], seeds: Sequence[int], *, steps: int,
+                           resolution: int, guidance_scale: float = 7.5,
+                           negative_prompt: str | None = None,
+                           policy: DevicePolicy) -> list[GeneratedImage]:
+    """Generate several images in one pipeline call, check each, retry failures in float32.
 
-    If the image fails the check (NaN/inf, black, flat) while the pipeline runs in float16
-    or bfloat16, the pipeline is converted to float32 on the same device (`to_float32`) and
-    the same seed is generated again. The pipeline stays in float32 afterwards: half-precision
-    overflow tends to repeat on every image, and converting back and forth would cost each
-    image twice. An image blacked out by the safety checker is reported, not retried.
+    Each image starts from the CPU-seeded noise of its own seed, so it is the same whether it
+    is rendered alone or in a batch (up to float rounding). If an image fails the check
+    (NaN/inf, black, flat) and `shoelib.device.fallback_dtype` names a precision to fall back
+    to (float32 for a float16/bfloat16 pipeline), the pipeline is converted (`to_float32`)
+    and the failed images are generated again from the same seeds, in one call. The pipeline
+    stays in float32 afterwards: half-precision overflow tends to repeat on every image, and
+    converting back and forth would cost each image twice. An image blacked out by the safety
+    checker is reported, not retried.
 
     Args:
         pipe: a pipeline from `load_pipeline`.
-        prompt: the text prompt.
-        seed: noise seed (drawn on CPU: the same start on every device).
+        prompts: the text prompts, one per image.
+        seeds: noise seeds, one per image (drawn on CPU: the same start on every device).
         steps: denoising steps.
         resolution: image side in px, a multiple of 8.
         guidance_scale: classifier-free guidance weight.
-        negative_prompt: what to steer away from, or None.
+        negative_prompt: what to steer away from (the same for every image), or None.
         policy: the device policy the pipeline was loaded with.
 
     Returns:
-        The checked image; `fp32_retry` says whether the float32 retry produced it.
+        The checked images in prompt order; `fp32_retry` says which the float32 retry produced.
 
     Raises:
         GenerationSettingsError: bad resolution, steps or guidance scale.
     """
     check_generation_settings(resolution, steps, guidance_scale)
+    if len(prompts) != len(seeds) or not prompts:
+        raise ValueError(f"{len(prompts)} prompts and {len(seeds)} seeds: give one seed per "
+                         "prompt, at least one")
     settings = {"steps": steps, "resolution": resolution, "guidance_scale": guidance_scale,
                 "negative_prompt": negative_prompt, "device": policy.device}
-    result = _generate_once(pipe, prompt, seed, **settings)
-    retryable = result.verdict.problem not in ("ok", "safety_checker")
-    if not retryable or pipeline_dtype(pipe) == torch.float32:
-        return result
+    results = _render(pipe, prompts, seeds, **settings)
+    failed = [i for i, r in enumerate(results) if r.verdict.problem not in ("ok", "safety_checker")]
+    if not failed or fallback_dtype(pipeline_dtype(pipe)) is None:
+        return results
     to_float32(pipe)
-    retry = _generate_once(pipe, prompt, seed, **settings)
-    return replace(retry, fp32_retry=True, first_verdict=result.verdict,
-                   first_nonfinite_step=result.first_nonfinite_step)
+    retries = _render(pipe, [prompts[i] for i in failed], [seeds[i] for i in failed], **settings)
+    for i, retry in zip(failed, retries, strict=True):
+        results[i] = replace(retry, fp32_retry=True, first_verdict=results[i].verdict,
+                             first_nonfinite_step=results[i].first_nonfinite_step)
+    return results
+
+
+def generate_checked(pipe, prompt: str, seed: int, *, steps: int, resolution: int,
+                     guidance_scale: float = 7.5, negative_prompt: str | None = None,
+                     policy: DevicePolicy) -> GeneratedImage:
+    """Generate one image from a CPU-seeded start, check it, retry once in float32 if needed:
+    `generate_checked_batch` with a batch of one (see there)."""
+    return generate_checked_batch(pipe, [prompt], [seed], steps=steps, resolution=resolution,
+                                  guidance_scale=guidance_scale,
+                                  negative_prompt=negative_prompt, policy=policy)[0]
 
 
 def to_float32(pipe) -> None:
@@ -549,24 +592,6 @@ class InferenceTestConfig:
 
 
 # --- showing results
-
-def verdict_grid(results: list[GeneratedImage], ncols: int = 4):
-    """A matplotlib figure of the images, each titled with seed, verdict and time."""
-    import matplotlib.pyplot as plt
-
-    nrows = max(1, -(-len(results) // ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3 * ncols, 3.6 * nrows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, result in zip(axes.flat, results, strict=False):
-        ax.imshow(result.image)
-        retry = " (fp32 retry)" if result.fp32_retry else ""
-        ax.set_title(f"seed {result.seed}: {result.verdict.problem}{retry}\n"
-                     f"{result.seconds:.2f} s, {result.dtype}", fontsize=9,
-                     color="black" if result.verdict.ok else "red")
-    fig.tight_layout()
-    return fig
-
 
 def prompt_playground(pipe, policy: DevicePolicy, *, steps: int, resolution: int,
                       guidance_scale: float, seed: int = 0):

@@ -9,9 +9,11 @@
 (`--multi_gpu` is accelerate's torchrun launcher; on a machine without GPUs it starts CPU
 processes that talk over gloo. `--cpu` alone starts one process unless MPI is set up.)
 
-`train()` is the whole loop, top to bottom, with numbered steps. The small functions above it
-are the parts the tests check against diffusers' own (noise targets, min-SNR weights) and the
-checkpoint format. What happens, in short:
+`train()` is the whole run, top to bottom, with numbered steps; the loop fits on one screen.
+The functions below it are its steps (input checks, the trainable UNet, one optimizer step's
+gradient accumulation, validation, export); the small functions above it are the parts the
+tests check against diffusers' own (noise targets, min-SNR weights) and the checkpoint
+format. What happens, in short:
 - the VAE latent distribution of every image (and its mirror image) and the text-encoder
   states of every caption are computed once and cached on disk (shoelib.latent_cache); the
   VAE and text encoder are then freed, so training holds only the UNet;
@@ -24,7 +26,6 @@ checkpoint format. What happens, in short:
 from __future__ import annotations
 
 import argparse
-import gc
 import hashlib
 import json
 import os
@@ -42,10 +43,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from shoelib.device import DevicePolicy, choose_policy, cpu_generator, peak_memory_bytes
-from shoelib.io import atomic_path, file_sha256, read_json, shared_folder_lock, write_json
+from shoelib.device import (
+    DevicePolicy,
+    choose_policy,
+    cpu_generator,
+    free_memory,
+    peak_memory_bytes,
+)
+from shoelib.figures import image_grid, save_figure
+from shoelib.io import file_sha256, read_json, shared_folder_lock, write_json
 from shoelib.latent_cache import CacheStats, cache_latents, cache_text, load_latent, load_text
 from shoelib.lora_io import (
     DIFFUSERS_WEIGHT_NAME,
@@ -307,20 +314,21 @@ class CachedInputs:
     stats: dict[str, CacheStats]
 
 
-def cache_inputs(config: TrainConfig, splits: dict, device: torch.device) -> CachedInputs:
+def cache_inputs(config: TrainConfig, splits: dict, device: torch.device,
+                 policy: DevicePolicy) -> CachedInputs:
     """Encode every image and caption of the splits once; load and free the VAE and text encoder.
 
     Args:
         config: the run's settings (model, resolution, random_flip, cache_dir).
         splits: {"train": DataFrame, "val": DataFrame or None} from `read_split`.
         device: where to run the encoders.
+        policy: the device policy; the encoders run in its `encoder_dtype`.
     """
     cache_dir = Path(config.cache_dir)
-    # float32 whatever the training precision: SD's VAE overflows in float16 and the
-    # encodings are computed once, so speed does not matter here.
-    vae = load_component(config.model, "vae", torch.float32).to(device).eval()
+    vae = load_component(config.model, "vae", policy.encoder_dtype).to(device).eval()
     tokenizer = load_component(config.model, "tokenizer")
-    text_encoder = load_component(config.model, "text_encoder", torch.float32).to(device).eval()
+    text_encoder = load_component(config.model, "text_encoder",
+                                  policy.encoder_dtype).to(device).eval()
     flips = (False, True) if config.random_flip else (False,)
     cached, stats = {}, {}
     for name, frame in splits.items():
@@ -339,14 +347,6 @@ def cache_inputs(config: TrainConfig, splits: dict, device: torch.device) -> Cac
     del vae, text_encoder
     free_memory(device)
     return CachedInputs(cached["train"], cached["val"], load_text(cache_dir, empty_key), stats)
-
-
-def free_memory(device: torch.device | str) -> None:
-    gc.collect()
-    if torch.device(device).type == "cuda":
-        torch.cuda.empty_cache()
-    elif torch.device(device).type == "mps":
-        torch.mps.empty_cache()
 
 
 # --- the diffusion objective (pure functions; tests compare them with diffusers')
@@ -717,20 +717,6 @@ def validation_images(unet, prompt_embeds: list[torch.Tensor], empty_text: torch
     return np.stack(images)
 
 
-def save_grid(images: np.ndarray, path: Path, columns: int = 4) -> Path:
-    """Tile float images (n, h, w, 3) in [0, 1] into one PNG, written atomically."""
-    n, h, w, _ = images.shape
-    columns = min(columns, n)
-    rows = -(-n // columns)
-    grid = Image.new("RGB", (columns * w, rows * h), "white")
-    for i, image in enumerate(images):
-        tile = Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8))
-        grid.paste(tile, ((i % columns) * w, (i // columns) * h))
-    with atomic_path(path) as tmp:
-        grid.save(tmp)
-    return path
-
-
 # --- the result
 
 @dataclass(frozen=True)
@@ -806,63 +792,24 @@ def train(config: TrainConfig, policy: DevicePolicy | None = None,
 
 def _train(config: TrainConfig, policy: DevicePolicy, progress: bool) -> TrainResult:
     """The run itself; `train` holds the output folder's lock around it."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import cast_training_params
-    from peft import LoraConfig
     from tqdm.auto import tqdm
 
-    from shoelib.dataset import read_split
-
     # 1. Check inputs before loading any model: settings, data, model location, resume.
-    splits = {"train": read_split(config.train_dir),
-              "val": read_split(config.val_dir) if config.val_dir else None}
-    check_model(config.model)
-    output_dir = Path(config.output_dir)
-    accelerator = Accelerator(mixed_precision=policy.mixed_precision,
-                              cpu=policy.device == "cpu", log_with="tensorboard",
-                              project_dir=str(output_dir / "logs"))
-    device = accelerator.device
+    splits = check_inputs(config)
+    accelerator = make_accelerator(config, policy)
     train_data = train_data_fingerprint(splits["train"])
     previous = resume_checkpoint(checkpoints_dir(config))
     if previous:
         check_resume(previous, config, accelerator.num_processes, train_data)
-
     # 2. Cache latents and caption states (main process first; others then find them
     #    cached), then free the VAE and text encoder.
     with accelerator.main_process_first():
-        inputs = cache_inputs(config, splits, device)
-    prompts_from = inputs.val if inputs.val is not None else inputs.train
-    num_prompts = min(config.num_validation_prompts, len(prompts_from))
-    validation_prompts = prompts_from.captions[:num_prompts]
-
-    # 3. The UNet, frozen, with a trainable LoRA on its attention projections. The same
-    #    seed on every process gives every process the same initial LoRA.
-    set_seed(config.seed)
-    unet = load_component(config.model, "unet", policy.dtype).to(device)
-    unet.requires_grad_(False)
-    unet.add_adapter(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha,
-                                init_lora_weights="gaussian",
-                                target_modules=list(LORA_TARGET_MODULES)))
-    # LoRA weights in float32 even when the UNet is half: the optimizer update of a
-    # half-precision weight underflows, and GradScaler refuses to unscale fp16 gradients.
-    cast_training_params(unet, dtype=torch.float32)
-    if config.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    noise_scheduler = load_component(config.model, "scheduler")
+        inputs = cache_inputs(config, splits, accelerator.device, policy)
+    prompts = validation_prompts(config, inputs)
+    # 3. The frozen UNet with its trainable LoRA, the optimizer and the LR schedule.
+    unet, noise_scheduler, optimizer, lr_scheduler = trainable_unet(config, policy, accelerator)
     lora_params = [p for p in unet.parameters() if p.requires_grad]
-    trainable = sum(p.numel() for p in lora_params)
-
-    # 4. Optimizer and LR schedule. The schedule is stepped by hand once per optimizer
-    #    step (accelerate would step it once per process).
-    optimizer = torch.optim.AdamW(lora_params, lr=config.learning_rate)
-    lr_scheduler = get_scheduler(config.lr_scheduler, optimizer,
-                                 num_warmup_steps=config.lr_warmup_steps,
-                                 num_training_steps=config.max_train_steps)
-    unet, optimizer = accelerator.prepare(unet, optimizer)
-
-    # 5. Run state; resume from the latest checkpoint if there is one.
+    # 4. Run state; resume from the latest checkpoint if there is one.
     state = LoopState(step=0, order=DataOrder(len(inputs.train), config.seed),
                       generator=cpu_generator(config.seed + 1 + accelerator.process_index),
                       history=History())
@@ -870,47 +817,23 @@ def _train(config: TrainConfig, policy: DevicePolicy, progress: bool) -> TrainRe
     if previous:
         load_checkpoint(previous, accelerator, unet, optimizer, lr_scheduler, state)
         resumed_from = state.step
-    tracker_config = {k: v if isinstance(v, int | float | str | bool) else str(v)
-                      for k, v in config.to_dict().items()}
-    accelerator.init_trackers("lora", config=tracker_config)
+    accelerator.init_trackers("lora", config={k: v if isinstance(v, int | float | str | bool)
+                                              else str(v) for k, v in config.to_dict().items()})
 
-    # 6. The loop: one iteration = one optimizer step over `gradient_accumulation_steps`
-    #    micro-batches of `train_batch_size` images on each process.
-    rank, world = accelerator.process_index, accelerator.num_processes
-    micro = config.train_batch_size
+    # 5. The loop: one iteration = one optimizer step, then validation and checkpoints as
+    #    scheduled (the last step always gets both).
     last_images = None
     bar = tqdm(total=config.max_train_steps, initial=state.step, desc="LoRA steps",
                disable=not (progress and accelerator.is_main_process))
     try:
         if state.step == 0 and config.validation_every:  # the base model, for comparison
             last_images = run_validation(config, accelerator, unet, inputs, noise_scheduler,
-                                         policy, state, validation_prompts)
+                                         policy, state, prompts)
         unet.train()
         while state.step < config.max_train_steps:
             started = time.perf_counter()
-            losses = []
-            for k in range(config.gradient_accumulation_steps):
-                # Every process draws the same global micro-batch order and takes its share.
-                indices = state.order.take(micro * world)[rank * micro:(rank + 1) * micro]
-                batch = sample_batch(inputs.train, indices, state.generator, config,
-                                     noise_scheduler.config.num_train_timesteps, inputs.empty_text)
-                # Gradients are all-reduced across processes only on the last micro-batch.
-                last = k == config.gradient_accumulation_steps - 1
-                with nullcontext() if last else accelerator.no_sync(unet):
-                    with accelerator.autocast():
-                        loss = diffusion_loss(unet, batch, noise_scheduler, config.snr_gamma,
-                                              policy, device)
-                    accelerator.backward(loss / config.gradient_accumulation_steps)
-                losses.append(loss.detach())
-            step_loss = accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
-            if not np.isfinite(step_loss):
-                kept = list_checkpoints(checkpoints_dir(config))
-                raise NonFiniteLossError(
-                    f"loss is {step_loss} at step {state.step + 1}; training stopped before "
-                    f"updating the weights. Last good checkpoint: "
-                    f"{kept[-1] if kept else 'none'}. Lower learning_rate "
-                    f"(now {config.learning_rate}) or train in float32 (dtype policy "
-                    f"{policy.dtype_name}); a rerun resumes from that checkpoint")
+            step_loss = accumulate_gradients(config, accelerator, unet, inputs, noise_scheduler,
+                                             policy, state)
             accelerator.clip_grad_norm_(lora_params, config.max_grad_norm)
             optimizer.step()
             lr_scheduler.step()
@@ -922,27 +845,18 @@ def _train(config: TrainConfig, policy: DevicePolicy, progress: bool) -> TrainRe
                             step=state.step)
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.4f}")
-
-            # 7. Validation and checkpoints (the last step always gets both).
             done = state.step == config.max_train_steps
             if config.validation_every and (state.step % config.validation_every == 0 or done):
                 last_images = run_validation(config, accelerator, unet, inputs, noise_scheduler,
-                                             policy, state, validation_prompts)
+                                             policy, state, prompts)
                 unet.train()
             if done or (config.checkpoint_every and state.step % config.checkpoint_every == 0):
                 save_checkpoint(config, accelerator, unet, optimizer, lr_scheduler, state,
                                 train_data)
         bar.close()
-
-        # 8. Export the LoRA in diffusers and kohya formats.
-        lora_diffusers = output_dir / DIFFUSERS_WEIGHT_NAME
-        lora_kohya = output_dir / KOHYA_WEIGHT_NAME
-        if accelerator.is_main_process:
-            final_unet = accelerator.unwrap_model(unet)
-            save_diffusers_lora(final_unet, lora_diffusers)
-            save_kohya_lora(final_unet, config.lora_alpha, lora_kohya,
-                            kohya_metadata(config, state.step, len(inputs.train)))
-        accelerator.wait_for_everyone()
+        # 6. Export the LoRA in diffusers and kohya formats.
+        lora_diffusers, lora_kohya = export_lora(config, accelerator, unet, state.step,
+                                                 len(inputs.train))
     finally:
         bar.close()
         accelerator.end_training()
@@ -950,14 +864,135 @@ def _train(config: TrainConfig, policy: DevicePolicy, progress: bool) -> TrainRe
     seconds = state.history.step_seconds
     return TrainResult(
         steps=state.step, train_loss=state.history.train_loss, val_loss=state.history.val_loss,
-        validation_grids=[[step, str(output_dir / grid)] for step, grid in state.history.grids],
-        validation_prompts=tuple(validation_prompts),
-        lora_diffusers=lora_diffusers, lora_kohya=lora_kohya, trainable_params=trainable,
+        validation_grids=[[step, str(Path(config.output_dir) / grid)]
+                          for step, grid in state.history.grids],
+        validation_prompts=tuple(prompts),
+        lora_diffusers=lora_diffusers, lora_kohya=lora_kohya,
+        trainable_params=sum(p.numel() for p in lora_params),
         num_train_images=len(inputs.train),
         seconds_per_step=statistics.median(seconds) if seconds else None,
         step_seconds=tuple(seconds),
         peak_memory_bytes=peak_memory_bytes(policy.device), resumed_from=resumed_from,
         cache_stats={k: asdict(v) for k, v in inputs.stats.items()}, last_images=last_images)
+
+
+def check_inputs(config: TrainConfig) -> dict:
+    """The train and val splits, read and checked, after checking the model location.
+
+    Returns:
+        {"train": DataFrame, "val": DataFrame or None} for `cache_inputs`.
+    """
+    from shoelib.dataset import read_split
+
+    splits = {"train": read_split(config.train_dir),
+              "val": read_split(config.val_dir) if config.val_dir else None}
+    check_model(config.model)
+    return splits
+
+
+def make_accelerator(config: TrainConfig, policy: DevicePolicy):
+    """The run's Accelerator: the policy's mixed precision, TensorBoard logs in output_dir."""
+    from accelerate import Accelerator
+
+    return Accelerator(mixed_precision=policy.mixed_precision, cpu=policy.device == "cpu",
+                       log_with="tensorboard",
+                       project_dir=str(Path(config.output_dir) / "logs"))
+
+
+def validation_prompts(config: TrainConfig, inputs: CachedInputs) -> tuple[str, ...]:
+    """The first `num_validation_prompts` captions of the val split (train if there is none)."""
+    source = inputs.val if inputs.val is not None else inputs.train
+    return source.captions[:min(config.num_validation_prompts, len(source))]
+
+
+def trainable_unet(config: TrainConfig, policy: DevicePolicy, accelerator):
+    """The UNet, frozen in the policy's dtype, with a trainable LoRA on its attention
+    projections, plus the noise scheduler, the optimizer and the LR schedule.
+
+    The seed is set here, so every process builds the same initial LoRA. The LR schedule is
+    stepped by hand once per optimizer step (accelerate would step it once per process).
+
+    Returns:
+        (unet prepared by accelerate, noise scheduler, optimizer, LR scheduler).
+    """
+    from accelerate.utils import set_seed
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import cast_training_params
+    from peft import LoraConfig
+
+    set_seed(config.seed)
+    unet = load_component(config.model, "unet", policy.dtype).to(accelerator.device)
+    unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha,
+                                init_lora_weights="gaussian",
+                                target_modules=list(LORA_TARGET_MODULES)))
+    # LoRA weights in float32 even when the UNet is half: the optimizer update of a
+    # half-precision weight underflows, and GradScaler refuses to unscale fp16 gradients.
+    cast_training_params(unet, dtype=torch.float32)
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    noise_scheduler = load_component(config.model, "scheduler")
+    optimizer = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad],
+                                  lr=config.learning_rate)
+    lr_scheduler = get_scheduler(config.lr_scheduler, optimizer,
+                                 num_warmup_steps=config.lr_warmup_steps,
+                                 num_training_steps=config.max_train_steps)
+    unet, optimizer = accelerator.prepare(unet, optimizer)
+    return unet, noise_scheduler, optimizer, lr_scheduler
+
+
+def accumulate_gradients(config: TrainConfig, accelerator, unet, inputs: CachedInputs,
+                         noise_scheduler, policy: DevicePolicy, state: LoopState) -> float:
+    """Forward and backward over `gradient_accumulation_steps` micro-batches of
+    `train_batch_size` images on each process; returns the step's loss (mean over processes).
+
+    Raises:
+        NonFiniteLossError: the loss is NaN/inf (before any weight is updated).
+    """
+    rank, world = accelerator.process_index, accelerator.num_processes
+    micro = config.train_batch_size
+    losses = []
+    for k in range(config.gradient_accumulation_steps):
+        # Every process draws the same global micro-batch order and takes its share.
+        indices = state.order.take(micro * world)[rank * micro:(rank + 1) * micro]
+        batch = sample_batch(inputs.train, indices, state.generator, config,
+                             noise_scheduler.config.num_train_timesteps, inputs.empty_text)
+        # Gradients are all-reduced across processes only on the last micro-batch.
+        last = k == config.gradient_accumulation_steps - 1
+        with nullcontext() if last else accelerator.no_sync(unet):
+            with accelerator.autocast():
+                loss = diffusion_loss(unet, batch, noise_scheduler, config.snr_gamma,
+                                      policy, accelerator.device)
+            accelerator.backward(loss / config.gradient_accumulation_steps)
+        losses.append(loss.detach())
+    step_loss = accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
+    if not np.isfinite(step_loss):
+        kept = list_checkpoints(checkpoints_dir(config))
+        raise NonFiniteLossError(
+            f"loss is {step_loss} at step {state.step + 1}; training stopped before "
+            f"updating the weights. Last good checkpoint: "
+            f"{kept[-1] if kept else 'none'}. Lower learning_rate "
+            f"(now {config.learning_rate}) or train in float32 (dtype policy "
+            f"{policy.dtype_name}); a rerun resumes from that checkpoint")
+    return step_loss
+
+
+def export_lora(config: TrainConfig, accelerator, unet, steps: int,
+                num_images: int) -> tuple[Path, Path]:
+    """Write the trained LoRA in diffusers and kohya formats (main process), then wait.
+
+    Returns:
+        (diffusers file, kohya file) in output_dir.
+    """
+    lora_diffusers = Path(config.output_dir) / DIFFUSERS_WEIGHT_NAME
+    lora_kohya = Path(config.output_dir) / KOHYA_WEIGHT_NAME
+    if accelerator.is_main_process:
+        final_unet = accelerator.unwrap_model(unet)
+        save_diffusers_lora(final_unet, lora_diffusers)
+        save_kohya_lora(final_unet, config.lora_alpha, lora_kohya,
+                        kohya_metadata(config, steps, num_images))
+    accelerator.wait_for_everyone()
+    return lora_diffusers, lora_kohya
 
 
 def run_validation(config: TrainConfig, accelerator, unet, inputs: CachedInputs,
@@ -984,13 +1019,24 @@ def run_validation(config: TrainConfig, accelerator, unet, inputs: CachedInputs,
                 images = validation_images(model, embeds, inputs.empty_text, config,
                                            accelerator.device)
         if images is not None:
-            grid = save_grid(images, Path(config.output_dir) / "validation"
-                             / f"step_{state.step:06d}.png")
+            grid = save_validation_grid(images, Path(config.output_dir) / "validation"
+                                        / f"step_{state.step:06d}.png")
             state.history.grids.append([state.step, str(grid.relative_to(config.output_dir))])
             accelerator.get_tracker("tensorboard").log_images(
                 {"validation": images}, step=state.step, dataformats="NHWC")
     accelerator.wait_for_everyone()
     return images
+
+
+def save_validation_grid(images: np.ndarray, path: Path) -> Path:
+    """One row of the validation images (n, h, w, 3) in [0, 1], each shown at its own size."""
+    import matplotlib.pyplot as plt
+
+    _, h, w, _ = images.shape
+    fig = image_grid(np.clip(images, 0, 1), ncols=len(images), tile_inches=(w / 100, h / 100))
+    save_figure(fig, path, dpi=100)
+    plt.close(fig)  # not shown again at the end of a notebook cell
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,12 +41,18 @@ def test_thumbnail_keeps_aspect_and_converts(tmp_path):
     assert thumb.mode == "RGB" and thumb.size == (180, 240)
 
 
-def test_image_grid_shows_only_readable_images(table):
-    fig = browse.image_grid(table, n=12, seed=0, ncols=2)
+def test_thumbnail_puts_transparency_on_white_as_the_prepared_images_do(tmp_path):
+    path = tmp_path / "cut_out.png"
+    Image.new("RGBA", (400, 300), (0, 0, 0, 0)).save(path)
+    assert browse.thumbnail(path, side=100).getpixel((5, 5)) == (255, 255, 255)
+
+
+def test_sample_grid_shows_only_readable_images(table):
+    fig = browse.sample_grid(table, n=12, seed=0, ncols=2)
     shown = [ax for ax in fig.axes if ax.images]
     assert len(shown) == 3  # the missing row is not drawn
     assert {ax.get_title().split("\n")[0] for ax in shown} == {"0", "1", "2"}
-    empty = browse.image_grid(table[table["image_status"] == "missing"], n=4)
+    empty = browse.sample_grid(table[table["image_status"] == "missing"], n=4)
     assert not any(ax.images for ax in empty.axes)
 
 

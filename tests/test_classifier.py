@@ -37,7 +37,7 @@ CONFIG = C.ClassifierConfig(image_px=PX, steps=120, batch_size=32, learning_rate
 def test_classifier_learns_separable_colours_well_above_chance():
     colours = ["Red", "Blue", "Green"]
     train, test = colour_set("real", colours, 20, 0), colour_set("test", colours, 10, 1)
-    runs = C.downstream_study([train], test, len(colours), CONFIG, seeds=[0, 1])
+    runs = C.run_classifiers([train], test, len(colours), CONFIG, seeds=[0, 1])
     assert list(runs["training_set"]) == ["real", "real"]
     assert runs["accuracy"].min() > 0.8  # chance is 1/3
     assert runs["macro_f1"].min() > 0.75
@@ -60,7 +60,7 @@ def test_study_compares_training_sets_on_the_same_test_set():
     empty = C.LabelledSet("nothing", real.x[:0], real.y[:0])
     test = colour_set("test", colours, 6, 9)
     config = C.ClassifierConfig(image_px=PX, steps=30, batch_size=16)
-    runs = C.downstream_study([real, mixed, synthetic, empty], test, 2, config, seeds=[0, 1, 2])
+    runs = C.run_classifiers([real, mixed, synthetic, empty], test, 2, config, seeds=[0, 1, 2])
     assert len(runs) == 9 and set(runs["n_test"]) == {12}  # the empty set is skipped
     summary = C.summarise_study(runs)
     assert list(summary["training_set"]) == ["real", "real+synthetic", "synthetic"]

@@ -168,3 +168,45 @@ def test_measure_peak_memory_sees_a_large_allocation():
     assert mem.added_bytes >= 48 * 1024**2
     assert mem.peak_bytes >= mem.start_bytes > 0
     assert dev.peak_memory_bytes("cpu") >= mem.peak_bytes * 0.99  # lifetime peak includes it
+
+
+# --- rules that follow from the policy
+
+@pytest.mark.parametrize(("dtype", "fallback"), [(torch.float16, torch.float32),
+                                                 (torch.bfloat16, torch.float32),
+                                                 (torch.float32, None)])
+def test_failed_half_precision_images_fall_back_to_float32_only(dtype, fallback):
+    assert dev.fallback_dtype(dtype) is fallback
+
+
+@pytest.mark.parametrize(("kind", "batch"), [({"mps": True}, 1), ({"cuda": True}, 8), ({}, 8)])
+def test_generation_batches_are_one_image_on_mps_only(machine, kind, batch):
+    machine(**kind)
+    assert choose_policy().batch_size(8) == batch
+
+
+@pytest.mark.parametrize(("kind", "dtype"), [({"cuda": True, "bf16": True}, "auto"),
+                                             ({"cuda": True}, "float16"), ({"mps": True}, "auto")])
+def test_caching_encoders_run_in_float32_whatever_the_training_dtype(machine, kind, dtype):
+    machine(**kind)
+    policy = choose_policy("auto", dtype)
+    assert policy.encoder_dtype == torch.float32
+
+
+def test_each_process_of_a_cuda_launch_gets_its_own_gpu(machine):
+    machine(cuda=True, bf16=True)
+    policy = choose_policy()
+    assert dev.for_process(policy, 4, "cuda:2").device == "cuda:2"
+    assert dev.for_process(policy, 4, "cuda:2").dtype == policy.dtype
+    assert dev.for_process(policy, 1, "cuda:0") == policy  # alone: unchanged
+    machine()
+    cpu = choose_policy()
+    assert dev.for_process(cpu, 4, "cpu") == cpu
+
+
+def test_a_process_gpu_counts_as_cuda(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: calls.append("sync"))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: 123)
+    dev.synchronize("cuda:1")
+    assert calls == ["sync"] and dev.peak_memory_bytes("cuda:1") == 123

@@ -13,6 +13,7 @@ from shoelib import evaluation as E
 from shoelib import generate as G
 from shoelib import metrics as M
 from shoelib.classifier import ClassifierConfig
+from shoelib.figures import image_grid
 from shoelib.paths import RunPaths
 
 CATEGORY = "Casual Shoes"
@@ -112,7 +113,7 @@ def test_missing_synthetic_run_gives_report_lines_not_a_crash(output_root):
     clip_rows, per_image = E.clip_score_results(None, sets)
     assert clip_rows[0].value is None and "clip_model='none'" in clip_rows[0].note
     assert texts(E.confusion_figure(checks.confusion_synthetic, "x")) == ["no colour labels"]
-    assert texts(E.image_grid([], [], title="nothing")) == ["no images"]
+    assert texts(image_grid([], [], title="nothing")) == ["no images"]
     bars = E.downstream_figure(study.summary, study.baseline)
     assert [len(ax.patches) for ax in bars.axes] == [1, 1]  # one bar: "real"
 
@@ -166,7 +167,7 @@ def test_distribution_and_grid_figures_show_their_data(tmp_path):
     for i, colour in enumerate(["Red", "Blue", "Green"]):
         paths.append(tmp_path / f"{i}.png")
         Image.new("RGB", (8, 8), M.PALETTE[colour]).save(paths[-1])
-    grid = E.image_grid(paths, ["a", "b", "c"], ncols=2, title="three")
+    grid = image_grid(paths, ["a", "b", "c"], ncols=2, title="three")
     drawn = [a for a in grid.axes if a.images]
     assert [a.get_title() for a in drawn] == ["a", "b", "c"] and len(grid.axes) == 4
     assert tuple(drawn[1].images[0].get_array()[0, 0]) == M.PALETTE["Blue"]

@@ -238,3 +238,16 @@ def test_a_photo_below_min_side_is_refused_with_the_reason(tmp_path):
 def test_min_image_side_must_be_a_whole_number_of_pixels(value):
     with pytest.raises(images.ImageConfigError, match=rf"^min_image_side={value!r} must be a whole"):
         PrepareConfig(min_side=value)
+
+
+def test_open_rgb_is_upright_rgb_with_transparency_on_white(tmp_path):
+    from shoelib.images import open_rgb
+
+    photo = Image.new("RGB", (40, 20), (200, 30, 40))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to view
+    photo.save(tmp_path / "turned.jpg", exif=exif)
+    Image.new("RGBA", (8, 8), (0, 0, 0, 0)).save(tmp_path / "clear.png")
+    turned = open_rgb(tmp_path / "turned.jpg")
+    assert (turned.mode, turned.size) == ("RGB", (20, 40))
+    assert open_rgb(tmp_path / "clear.png").getpixel((0, 0)) == (255, 255, 255)

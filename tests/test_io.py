@@ -16,6 +16,7 @@ from shoelib.io import (
     folder_lock,
     lock_path,
     read_json,
+    remove_temp_files,
     write_json,
 )
 
@@ -64,3 +65,18 @@ def test_folder_lock_refuses_a_second_process_and_frees_with_a_killed_holder(
     with folder_lock(tmp_path / "run") as lock:
         assert json.loads(lock.read_text())["pid"] == os.getpid()
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # released, and nothing created
+
+
+def test_remove_temp_files_clears_what_a_killed_write_leaves_and_nothing_else(tmp_path):
+    left = []
+    for folder in (tmp_path, tmp_path / "train"):
+        with pytest.raises(KeyboardInterrupt):
+            with atomic_path(folder / "000001.png") as tmp:
+                left.append(tmp.name)
+                raise KeyboardInterrupt
+        (folder / left[-1]).write_bytes(b"half a png")  # a kill skips atomic_path's cleanup
+        (folder / "000000.png").write_bytes(b"done")
+    (tmp_path / ".gitignore").write_text("*")
+    assert remove_temp_files(tmp_path, tmp_path / "train") == 2
+    assert sorted(p.name for p in tmp_path.rglob("*")) == [
+        ".gitignore", "000000.png", "000000.png", "train"]

@@ -119,3 +119,12 @@ def test_each_seed_has_one_purpose():
                      "04": ["inference_seed"], "05": ["train_seed"], "06": ["generation_seed"],
                      "07": ["kid_seed"], "08": ["rating_seed"]}
     assert declared["02"]["split_seed"] == 42  # the seed project's split
+
+
+@pytest.mark.parametrize("step", NOTEBOOKS, ids=lambda s: s.name)
+def test_figures_and_image_grids_go_through_shoelib_figures(step):
+    """One way to write a figure (atomic `save_figure`) and one image grid (`image_grid`)."""
+    nb = nbformat.read(step.path, as_version=4)
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert ".savefig(" not in code, f"{step.name}: writes a figure by hand; use save_figure"
+    assert ".imshow(" not in code, f"{step.name}: draws images by hand; use image_grid"

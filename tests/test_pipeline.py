@@ -372,12 +372,48 @@ def test_nan_latents_in_half_precision_retry_in_float32(tiny_sd_dir, cpu_policy)
     assert result.first_verdict.problem == "nonfinite_latents"
     assert result.first_verdict.nonfinite_latents == 4 * 8 * 8
     assert result.first_nonfinite_step == 0
+    assert result.label.startswith("seed 9: ok (fp32 retry)\n") and "float32" in result.label
     assert pipe.unet.dtype == pipe.vae.dtype == torch.float32  # stays so for the next images
     # The retry is the float32 image of the same seed, up to the bf16 rounding of the weights.
     clean = generate_checked(load(tiny_sd_dir, cpu_policy), PROMPT, 9, policy=cpu_policy,
                              **SETTINGS)
     diff = np.abs(pixels(result.image) - pixels(clean.image))
     assert diff.max() <= 4 and diff.mean() < 0.5
+
+
+def test_batch_retries_only_its_failed_images_in_float32(tiny_sd_dir, cpu_policy):
+    from shoelib.pipeline import generate_checked_batch
+
+    policy = bf16_policy()
+    pipe = load(tiny_sd_dir, policy)
+
+    def nan_for_image_1_in_half(module, args, output):
+        # Classifier-free guidance stacks (unconditional, conditional): rows 1 and 3 are image 1.
+        if module.dtype == torch.bfloat16:
+            out = output[0].clone()
+            out[1::2] = float("nan")
+            return (out,)
+        return output
+
+    pipe.unet.register_forward_hook(nan_for_image_1_in_half)
+    first, second = generate_checked_batch(pipe, [PROMPT, PROMPT], [9, 10], policy=policy,
+                                           **SETTINGS)
+    assert first.verdict.ok and not first.fp32_retry and first.dtype == "bfloat16"
+    assert first.first_nonfinite_step is None
+    assert second.verdict.ok and second.fp32_retry and second.dtype == "float32"
+    assert second.first_verdict.problem == "nonfinite_latents"
+    assert second.first_nonfinite_step == 0 and second.seed == 10
+    # The retry is the image of its own seed, as a float32 render of seed 10 alone gives it.
+    clean = generate_checked(load(tiny_sd_dir, cpu_policy), PROMPT, 10, policy=cpu_policy,
+                             **SETTINGS)
+    assert np.abs(pixels(second.image) - pixels(clean.image)).max() <= 4
+
+
+def test_batch_needs_one_seed_per_prompt(tiny_sd_dir, cpu_policy):
+    from shoelib.pipeline import generate_checked_batch
+
+    with pytest.raises(ValueError, match="2 prompts and 1 seeds"):
+        generate_checked_batch(None, [PROMPT, PROMPT], [1], policy=cpu_policy, **SETTINGS)
 
 
 def test_nan_latents_in_float32_are_reported_not_retried(tiny_sd_dir, cpu_policy):

@@ -20,6 +20,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from shoelib import train as train_module
+from shoelib.device import choose_policy
 from shoelib.latent_cache import CacheStats, cache_latents, cache_text, load_latent
 from shoelib.lora_io import apply_lora
 from shoelib.paths import PROJECT_ROOT
@@ -305,7 +306,7 @@ def test_cache_reuses_and_recomputes_only_what_changed(tiny_sd_dir, data, tmp_pa
 def test_sample_batch_uses_the_mirrored_latent_and_empty_caption(trained):
     config, _ = trained
     inputs = train_module.cache_inputs(config, {"train": _split(config.train_dir), "val": None},
-                                       torch.device("cpu"))
+                                       torch.device("cpu"), choose_policy("cpu"))
     flipping = replace(config, caption_dropout=0.999999)
     batch = sample_batch(inputs.train, [0] * 64, torch.Generator().manual_seed(0), flipping,
                          1000, inputs.empty_text)
@@ -590,3 +591,13 @@ def test_two_process_cpu_run_trains_and_saves_one_lora(tiny_sd_dir, data, tmp_pa
     lora = load_file(str(out / "pytorch_lora_weights.safetensors"))
     assert any(v.abs().max() > 0 for k, v in lora.items() if ".up." in k)
     assert time.perf_counter() - started < 300
+
+
+def test_validation_grid_is_one_row_of_the_images_at_their_own_size(tmp_path):
+    images = np.zeros((3, 64, 48, 3))
+    images[:, :, :, 0] = [[[1.0]], [[0.0]], [[2.0]]]  # red, black, red (clipped)
+    path = train_module.save_validation_grid(images, tmp_path / "step_000001.png")
+    with Image.open(path) as im:
+        assert im.size == (3 * 48, 64)
+        middle = [im.convert("RGB").getpixel((48 * k + 24, 32)) for k in range(3)]
+    assert middle[0][0] > 200 and middle[1][0] < 50 and middle[2][0] > 200
