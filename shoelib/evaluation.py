@@ -434,6 +434,15 @@ def summary_record(results: Sequence[M.MetricResult], **extra: Any) -> dict:
 # --- run against run: base model vs LoRA, or two strengths
 
 
+def check_reference_categories(categories: Any) -> list[str]:
+    """07's `reference_categories`: a list of article types ([] for no recogniser)."""
+    if not isinstance(categories, (list, tuple)) or not all(
+            isinstance(c, str) and c.strip() for c in categories):
+        raise ValueError(f"reference_categories={categories!r} must be a list of article types, "
+                         'e.g. ["Sports Shoes", "Heels"] ([] for no recogniser)')
+    return list(categories)
+
+
 def reference_photos(data_root: str | Path, categories: Sequence[str]) -> pd.DataFrame:
     """Readable catalogue photos of `categories` (image_path, articleType): the real examples a
     category recogniser learns the other classes from."""

@@ -1,6 +1,6 @@
 """Pretrain the embedded model: a small text-to-image model in Stable Diffusion 1.5's layout.
 
-    python -m shoelib.pretrain --config configs/pretrain.yaml
+    python -m shoelib.pretrain --config configs/pretrain/catalog-sd-64.yaml
 
 It trains from scratch, on real catalogue photos, the components SD 1.5 is made of, so that
 `pipeline.load_pipeline`, 05, 06 and 07 use it exactly as they use the real model:
@@ -40,8 +40,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from shoelib.captions import DEFAULT_TEMPLATE as DEFAULT_CAPTION_TEMPLATE
 from shoelib.catalog import brands, read_styles
-from shoelib.dataset import DEFAULT_CAPTION_TEMPLATE, captions
+from shoelib.dataset import captions
 from shoelib.images import letterbox, open_image
 from shoelib.io import atomic_path, write_json
 from shoelib.paths import resolve
@@ -57,7 +58,7 @@ class PretrainConfigError(ValueError):
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """Every pretraining setting (flat, each with its unit); see configs/pretrain.yaml."""
+    """Every pretraining setting (flat, each with its unit); see configs/pretrain/catalog-sd-64.yaml."""
 
     data_root: str                      # Kaggle layout: styles.csv + images/
     out_dir: str = "assets/models"      # the model and encoder folders go here
@@ -729,7 +730,7 @@ def write_model_card(model_dir: Path, summary: dict) -> Path:
     hw = summary["hardware"]
     text = f"""# {c['model_name']}: a small Stable Diffusion-layout model pretrained on catalogue photos
 
-Trained from scratch by `python -m shoelib.pretrain --config configs/pretrain.yaml --set data_root <folder>`
+Trained from scratch by `python -m shoelib.pretrain --config configs/pretrain/catalog-sd-64.yaml --set data_root <folder>`
 where `<folder>` holds the Kaggle layout (`styles.csv` + `images/`). Folder layout and classes are
 Stable Diffusion 1.5's (`AutoencoderKL`, `UNet2DConditionModel` with cross-attention on
 to_q/to_k/to_v/to_out.0, `CLIPTextModel` + `CLIPTokenizer`, `PNDMScheduler` with SD 1.5's noise
