@@ -98,7 +98,7 @@ def test_lora_learns_and_inference_reproduces_training(casual_shoes):
     result = train(config)
     (step0, base_loss), (last, lora_loss) = result.val_loss[0], result.val_loss[-1]
     assert (step0, last) == (0, 60)
-    assert lora_loss < 0.95 * base_loss, result.val_loss  # the LoRA learned the category
+    assert lora_loss < base_loss, result.val_loss  # the LoRA learned something of the category
 
     policy = choose_policy("cpu")
     gen = GenerateConfig(model=str(demo.MODEL_DIR), lora_path=result.lora_diffusers)
@@ -106,5 +106,9 @@ def test_lora_learns_and_inference_reproduces_training(casual_shoes):
     base = load_generation_pipeline(GenerateConfig(model=str(demo.MODEL_DIR), lora_path=None), policy)
     again_base = independent_loss(base, casual_shoes["val"], config)
     again_lora = independent_loss(with_lora, casual_shoes["val"], config)
-    assert again_base == pytest.approx(base_loss, rel=2e-3)
-    assert again_lora == pytest.approx(lora_loss, rel=2e-3)
+    # The LoRA moves this loss by a few tenths of a percent, so agreement must be much closer
+    # than that: a LoRA applied at half its scale, latents scaled differently or other text
+    # states all land between or beyond the two values.
+    assert again_base == pytest.approx(base_loss, rel=1e-5)
+    assert again_lora == pytest.approx(lora_loss, rel=1e-5)
+    assert again_lora < again_base
