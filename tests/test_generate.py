@@ -505,7 +505,8 @@ def test_a_second_run_into_the_same_folder_is_refused_while_the_first_renders(
 
     root = tmp_path / "out"
     shutil.copytree(output_root, root)
-    config = {"output_root": str(root), "seed": 4, "category": CATEGORY, "model": str(tiny_sd_dir),
+    config = {**DEMO_PROFILE, "output_root": str(root), "generation_seed": 4, "category": CATEGORY,
+              "model": str(tiny_sd_dir),
               "resolution": 64, "device": "cpu", "lora_path": "none", "run_name": "busy",
               "n_images": 10, "generation_steps": 4, "generation_batch_size": 1}
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
