@@ -158,7 +158,8 @@ class RunnerBoundKernelManager(AsyncKernelManager):
 @contextmanager
 def sigterm_as_interrupt():
     """SIGTERM stops the run as Ctrl-C does, so the same clean-up runs (nbclient shuts the
-    kernel's process group down, the runner exits 130)."""
+    kernel's process group down, the runner exits 130). SIGINT gets the same handler too: a
+    runner started as a background job inherits SIGINT ignored, and Ctrl-C must still stop it."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -166,11 +167,12 @@ def sigterm_as_interrupt():
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def run_step(step: Step, params: dict[str, Any], out_dir: Path) -> Path:
