@@ -282,6 +282,26 @@ def save_curve(path: Path, losses: list[float], title: str) -> None:
     plt.close(fig)
 
 
+def stage_state(parts: dict, generator: torch.Generator, step: int, losses: list,
+                seconds: float) -> dict:
+    """A stage checkpoint: the state_dict of each part (models, optimizer, schedule, EMA), every
+    random state, and the progress so far."""
+    return {**{name: part.state_dict() for name, part in parts.items()},
+            "rng": _rng_state(generator), "step": step, "losses": losses, "seconds": seconds}
+
+
+def resume_stage(folder: Path, parts: dict, generator: torch.Generator) -> tuple[int, list, float]:
+    """Restore `parts` and the random states from the stage's checkpoint, if it has one.
+    Returns (step, losses, seconds) to continue from; (0, [], 0.0) for a fresh stage."""
+    saved = load_stage_checkpoint(folder)
+    if saved is None:
+        return 0, [], 0.0
+    for name, part in parts.items():
+        part.load_state_dict(saved[name])
+    _restore_rng(saved["rng"], generator)
+    return saved["step"], saved["losses"], saved["seconds"]
+
+
 def _rng_state(generator: torch.Generator) -> dict:
     return {"generator": generator.get_state(), "torch": torch.get_rng_state()}
 
@@ -317,14 +337,8 @@ def train_vae(config: PretrainConfig, data: PretrainData, work: Path):
         optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, config.vae_steps) / config.vae_steps)))
     generator = torch.Generator().manual_seed(config.seed + 1)
     train_index = torch.from_numpy(data.split("train"))
-    step, losses, seconds = 0, [], 0.0
-    saved = load_stage_checkpoint(stage)
-    if saved is not None:
-        vae.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        schedule.load_state_dict(saved["schedule"])
-        _restore_rng(saved["rng"], generator)
-        step, losses, seconds = saved["step"], saved["losses"], saved["seconds"]
+    parts = {"model": vae, "optimizer": optimizer, "schedule": schedule}
+    step, losses, seconds = resume_stage(stage, parts, generator)
     vae.train()
     bar = tqdm(total=config.vae_steps, initial=step, desc="VAE", mininterval=5)
     while step < config.vae_steps:
@@ -348,10 +362,7 @@ def train_vae(config: PretrainConfig, data: PretrainData, work: Path):
         bar.update(1)
         bar.set_postfix(mse=f"{np.mean(losses[-20:]):.4f}")
         if step % config.checkpoint_every == 0 or step == config.vae_steps:
-            save_stage_checkpoint(stage, {
-                "model": vae.state_dict(), "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(), "rng": _rng_state(generator), "step": step,
-                "losses": losses, "seconds": seconds})
+            save_stage_checkpoint(stage, stage_state(parts, generator, step, losses, seconds))
     bar.close()
     vae.eval()
     save_curve(work / "vae_loss.png", losses, "VAE reconstruction MSE (train batches)")
@@ -444,16 +455,9 @@ def train_unet(config: PretrainConfig, data: PretrainData, latents: tuple[torch.
     empty_ids = token_ids[-1:]
     token_ids = token_ids[:-1]
     means, stds = latents
-    step, losses, seconds = 0, [], 0.0
-    saved = load_stage_checkpoint(stage)
-    if saved is not None:
-        unet.load_state_dict(saved["unet"])
-        text_encoder.load_state_dict(saved["text_encoder"])
-        optimizer.load_state_dict(saved["optimizer"])
-        schedule.load_state_dict(saved["schedule"])
-        ema.load_state_dict(saved["ema"])
-        _restore_rng(saved["rng"], generator)
-        step, losses, seconds = saved["step"], saved["losses"], saved["seconds"]
+    parts = {"unet": unet, "text_encoder": text_encoder, "optimizer": optimizer,
+             "schedule": schedule, "ema": ema}
+    step, losses, seconds = resume_stage(stage, parts, generator)
     unet.train()
     text_encoder.train(config.train_text_encoder)
     bar = tqdm(total=config.unet_steps, initial=step, desc="UNet", mininterval=5)
@@ -487,11 +491,7 @@ def train_unet(config: PretrainConfig, data: PretrainData, latents: tuple[torch.
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         if step % config.checkpoint_every == 0 or step == config.unet_steps:
-            save_stage_checkpoint(stage, {
-                "unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
-                "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                "ema": ema.state_dict(), "rng": _rng_state(generator), "step": step,
-                "losses": losses, "seconds": seconds})
+            save_stage_checkpoint(stage, stage_state(parts, generator, step, losses, seconds))
     bar.close()
     save_curve(work / "unet_loss.png", losses, "UNet noise-prediction MSE (train batches)")
     ema.copy_to(trainable)  # the shipped weights are the EMA
@@ -575,14 +575,8 @@ def train_encoder(config: PretrainConfig, data: PretrainData, work: Path):
     generator = torch.Generator().manual_seed(config.seed + 5)
     train_index = torch.from_numpy(data.split("train"))
     stage = work / "encoder"
-    step, losses, seconds = 0, [], 0.0
-    saved = load_stage_checkpoint(stage)
-    if saved is not None:
-        encoder.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        schedule.load_state_dict(saved["schedule"])
-        _restore_rng(saved["rng"], generator)
-        step, losses, seconds = saved["step"], saved["losses"], saved["seconds"]
+    parts = {"model": encoder, "optimizer": optimizer, "schedule": schedule}
+    step, losses, seconds = resume_stage(stage, parts, generator)
     encoder.train()
     bar = tqdm(total=config.encoder_steps, initial=step, desc="encoder", mininterval=5)
     while step < config.encoder_steps:
@@ -600,10 +594,7 @@ def train_encoder(config: PretrainConfig, data: PretrainData, work: Path):
         seconds += time.perf_counter() - start
         bar.update(1)
         if step % config.checkpoint_every == 0 or step == config.encoder_steps:
-            save_stage_checkpoint(stage, {
-                "model": encoder.state_dict(), "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(), "rng": _rng_state(generator), "step": step,
-                "losses": losses, "seconds": seconds})
+            save_stage_checkpoint(stage, stage_state(parts, generator, step, losses, seconds))
     bar.close()
     encoder.eval()
     save_curve(work / "encoder_loss.png", losses, "image encoder cross-entropy (type + colour)")
