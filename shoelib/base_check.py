@@ -45,6 +45,37 @@ def holdout_prompts(model: str | Path, data_root: str | Path, n: int, seed: int 
     return rows.sort_values(["_rank", "articleType"]).head(n).drop(columns="_rank").reset_index(drop=True)
 
 
+def render(pipe, prompts: pd.DataFrame, out_dir: str | Path, *, seed: int, steps: int,
+           resolution: int, guidance_scale: float, policy, batch_size: int = 8) -> list[str]:
+    """Generate one image per prompt row (seed `seed + i` for row i) into `out_dir/<id>.png`.
+
+    Rendered in batches through 06's render path (`pipeline.generate_checked_batch`): the
+    tiny model's images are the same alone or batched, and a batch of 8 costs a fraction of
+    8 calls. Images already written are kept, so a rerun resumes.
+    """
+    from tqdm.auto import tqdm
+
+    from shoelib.io import atomic_path
+    from shoelib.pipeline import generate_checked_batch
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{i}.png" for i in prompts["id"]]
+    todo = [i for i, p in enumerate(paths) if not p.exists()]
+    step = policy.batch_size(batch_size)
+    with tqdm(total=len(paths), initial=len(paths) - len(todo), desc="base-model check") as bar:
+        for start in range(0, len(todo), step):
+            chunk = todo[start:start + step]
+            results = generate_checked_batch(
+                pipe, [prompts["caption"].iloc[i] for i in chunk], [seed + i for i in chunk],
+                steps=steps, resolution=resolution, guidance_scale=guidance_scale, policy=policy)
+            for i, result in zip(chunk, results, strict=True):
+                with atomic_path(paths[i]) as tmp:
+                    result.image.save(tmp, format="PNG")
+            bar.update(len(chunk))
+    return [str(p) for p in paths]
+
+
 def type_predictions(paths: list[str], encoder_dir: str | Path) -> list[str]:
     """The article type the encoder's head names for each image."""
     import torch
