@@ -52,7 +52,7 @@ from shoelib.device import (
     peak_memory_bytes,
 )
 from shoelib.figures import image_grid, save_figure
-from shoelib.io import file_sha256, read_json, shared_folder_lock, write_json
+from shoelib.io import FolderInUseError, file_sha256, read_json, shared_folder_lock, write_json
 from shoelib.latent_cache import CacheStats, cache_latents, cache_text, load_latent, load_text
 from shoelib.lora_io import (
     DIFFUSERS_WEIGHT_NAME,
@@ -1048,7 +1048,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = train(TrainConfig.from_json(args.config))
-    except (ValueError, FileNotFoundError) as err:  # settings and inputs: one line, no traceback
+    except (ValueError, FileNotFoundError, FolderInUseError, CheckpointError) as err:
+        # settings, inputs, a folder another run holds, no intact checkpoint: one line
         print(f"error: {err}", file=sys.stderr)
         return 1
     from accelerate import PartialState

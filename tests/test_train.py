@@ -496,7 +496,7 @@ def test_a_moved_run_folder_resumes(tiny_sd_dir, data, tmp_path, monkeypatch):
         train(config_in(moved), progress=False)
 
 
-def test_a_folder_in_use_is_refused_before_any_work(tiny_sd_dir, data, tmp_path,
+def test_a_folder_in_use_is_refused_before_any_work(tiny_sd_dir, data, tmp_path, capsys,
                                                      lock_in_other_process):
     from shoelib.io import FolderInUseError
 
@@ -504,6 +504,11 @@ def test_a_folder_in_use_is_refused_before_any_work(tiny_sd_dir, data, tmp_path,
     with pytest.raises(FolderInUseError, match=f"lora is in use by pid {holder.pid} "):
         train(small_config(tiny_sd_dir, data, tmp_path / "lora"), progress=False)
     assert not (tmp_path / "lora").exists()
+    # the command line says it in one line, without a traceback
+    config = _write_config(small_config(tiny_sd_dir, data, tmp_path / "lora"), tmp_path / "c.json")
+    assert train_module.main(["--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and f"pid {holder.pid}" in err
 
 
 # --- processes: a real kill, and two processes
