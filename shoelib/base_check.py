@@ -80,7 +80,8 @@ def type_predictions(paths: list[str], encoder_dir: str | Path) -> list[str]:
     """The article type the encoder's head names for each image."""
     import torch
 
-    from shoelib.metrics import EncoderFeatures, open_rgb
+    from shoelib.images import open_rgb
+    from shoelib.metrics import EncoderFeatures
 
     features = EncoderFeatures(resolve(encoder_dir))
     out = []

@@ -453,7 +453,7 @@ def display_png(path: str | Path, side: int) -> bytes:
     """The image fitted into side x side px, as PNG bytes without any metadata."""
     from PIL import Image, ImageOps
 
-    from shoelib.metrics import open_rgb
+    from shoelib.images import open_rgb
 
     image = ImageOps.contain(open_rgb(path), (side, side), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
