@@ -25,6 +25,16 @@ def resolve(path: str | Path) -> Path:
     return p if p.is_absolute() else PROJECT_ROOT / p
 
 
+def shown(path: str | Path) -> str:
+    """`path` as a report prints it: relative to the project root where it lies inside it
+    (`data/demo/analysis`), so that a shared report names no folder of the machine that ran
+    it; other paths as given."""
+    try:
+        return str(Path(path).resolve().relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(path)
+
+
 def slug(text: str) -> str:
     """'Casual Shoes' -> 'casual_shoes' (folder names)."""
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")

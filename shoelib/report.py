@@ -4,11 +4,17 @@ Product names, colours and brands come from a file anyone can edit. Executed not
 rendered to HTML (`shoelib.run`), and markdown output passes raw HTML through, as does a
 pandas Styler; so every catalogue value that reaches a report goes through `text` (markdown)
 or `table` (Styler). Plain DataFrames need nothing: their HTML is escaped by pandas.
+
+`table` is also the one format of every table a notebook shows: numbers to a few significant
+digits (more where a column's quantity needs them), one marker for a missing value, no index
+column, text left-aligned and numbers right-aligned.
 """
 
 from __future__ import annotations
 
 import html
+import math
+import numbers
 import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -33,14 +39,70 @@ def text(value: Any) -> str:
     return _MARKDOWN.sub(r"\\\1", html.escape(one_line, quote=False))
 
 
-def table(frame: pd.DataFrame, formats: Mapping[str, str] | None = None) -> Styler:
-    """A Styler of `frame` whose cells, index and column labels are HTML-escaped.
+MISSING = "—"  # the one marker of a missing value in every table
+DIGITS = 3  # significant digits of a number unless its column asks for more
+MAX_ROWS = 60  # rows a table shows (pandas' own display limit); the caption says how many more
+
+
+def is_missing(value: Any) -> bool:
+    """None, NaN, pandas' NA or NaT (a list or array is a value, not missing)."""
+    import pandas as pd
+
+    return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
+
+
+def number(value: Any, digits: int = DIGITS) -> str:
+    """`value` as a table shows it: whole numbers with thousands separators, other numbers to
+    `digits` significant digits (never in exponent form above 1), a missing value as MISSING,
+    anything else as its text."""
+    if is_missing(value):
+        return MISSING
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return str(value)
+    if isinstance(value, numbers.Integral) or float(value).is_integer() and abs(value) >= 10 ** digits:
+        return f"{int(value):,}"
+    value = float(value)
+    if math.isinf(value):
+        return str(value)
+    if abs(value) >= 10 ** (digits - 1):  # e.g. 1234.5 at 3 digits: 1,235, not 1.23e+03
+        return f"{round(value):,}"
+    return f"{value:#.{digits}g}"  # "#": 2.70, not 2.7, so a column lines up
+
+
+def table(frame: pd.DataFrame, formats: Mapping[str, str] | None = None,
+          digits: Mapping[str, int] | None = None) -> Styler:
+    """`frame` as a report shows it: a Styler whose cells and labels are HTML-escaped, numbers
+    formatted by `number`, missing values shown as MISSING, no index column (a meaningful
+    index, e.g. the colour of each row, becomes the first column), text left-aligned.
 
     Args:
         frame: the table to show.
         formats: per-column format strings, e.g. {"share": "{:.1%}"}.
+        digits: per-column significant digits where a quantity needs more than DIGITS, e.g.
+            {"loss": 4}.
+
+    Only the first MAX_ROWS rows are shown (a Styler, unlike a DataFrame, would render every
+    row); the caption says how many there are.
     """
-    styler = frame.style.format(escape="html")
+    import pandas as pd
+
+    default_index = isinstance(frame.index, pd.RangeIndex) and frame.index.name is None
+    shown = frame.copy() if default_index else frame.reset_index().rename(columns={"index": ""})
+    shown.columns = [str(c) for c in shown.columns]
+    caption = f"first {MAX_ROWS} of {len(shown):,} rows" if len(shown) > MAX_ROWS else None
+    shown = shown.head(MAX_ROWS)
+    styler = shown.style.format(number, escape="html", na_rep=MISSING)
+    if caption:
+        styler = styler.set_caption(caption)
+    for column, n in (digits or {}).items():
+        if column in shown:
+            styler = styler.format(lambda v, n=n: number(v, n), subset=[column], escape="html",
+                                   na_rep=MISSING)
     if formats:
-        styler = styler.format(dict(formats), escape="html")
-    return styler.format_index(escape="html", axis=0).format_index(escape="html", axis=1)
+        styler = styler.format(dict(formats), escape="html", na_rep=MISSING)
+    text_columns = [c for c in shown.columns if not pd.api.types.is_numeric_dtype(shown[c])
+                    or pd.api.types.is_bool_dtype(shown[c])]
+    styler = styler.hide(axis="index").format_index(escape="html", axis=1)
+    if text_columns:
+        styler = styler.set_properties(subset=text_columns, **{"text-align": "left"})
+    return styler.set_table_styles([{"selector": "th", "props": [("text-align", "left")]}])

@@ -5,8 +5,13 @@
     python -m shoelib.run --profile demo --only 01,02 -p data_root data/raw/fashion-dataset
 
 Each notebook gets the keys of `configs/<profile>.yaml` (plus `-p` overrides) that its
-`parameters` cell declares, and is written to `reports/<profile>/NN_name.ipynb` with a
-rendered `.html` beside it. The run stops at the first failing notebook and names the cell.
+`parameters` cell declares, and is written to `reports/<run>/NN_name.ipynb` with its full
+`.html` and its reader version `.reader.html` beside it, and an `index.html` of the run
+(`shoelib.reader`). The run stops at the first failing notebook and names the cell.
+
+`<run>` is the profile when the run writes into the profile's own `output_root`, else the
+name of the `output_root` folder, so that a run with other data never overwrites the
+profile's reports; `--reports-dir` chooses the folder.
 
 The kernel ends with the runner: on SIGTERM or SIGINT the runner shuts the kernel's process
 group (the kernel and its worker processes) down and exits, and on Linux a SIGKILLed runner
@@ -31,8 +36,8 @@ from typing import Any
 import yaml
 from jupyter_client.manager import AsyncKernelManager
 
-from shoelib.io import write_text
-from shoelib.paths import CONFIGS_DIR, NOTEBOOKS_DIR, PROJECT_ROOT, REPORTS_DIR
+from shoelib import reader
+from shoelib.paths import CONFIGS_DIR, NOTEBOOKS_DIR, PROJECT_ROOT, REPORTS_DIR, resolve, shown
 from shoelib.processes import die_with_parent
 
 
@@ -137,13 +142,27 @@ def typed_parameters(params: dict[str, Any], declared: dict[str, dict[str, Any]]
     return {k: as_declared_type(v, defaults[k]) for k, v in params.items()}
 
 
-def render_html(notebook_path: Path) -> Path:
-    import nbformat
-    from nbconvert import HTMLExporter
+def reports_folder(profile: str, params: dict[str, Any], reports_dir: Path | None = None,
+                   configs_dir: Path = CONFIGS_DIR) -> Path:
+    """Where a run's reports go: `reports_dir` if given; reports/<profile> when the run
+    writes into the profile's own output_root; else reports/<name of output_root>.
 
-    nb = nbformat.read(notebook_path, as_version=4)
-    body, _ = HTMLExporter().from_notebook_node(nb)
-    return write_text(notebook_path.with_suffix(".html"), body)
+    Raises:
+        RunError: output_root's folder name is another profile's name (its reports would
+            replace that profile's); the message says to pass --reports-dir.
+    """
+    if reports_dir is not None:
+        return reports_dir
+    own = load_profile(profile, configs_dir).get("output_root")
+    output_root = params.get("output_root", own)
+    if output_root is None or (own is not None and resolve(str(output_root)) == resolve(str(own))):
+        return REPORTS_DIR / profile
+    name = resolve(str(output_root)).name
+    if (configs_dir / f"{name}.yaml").exists():
+        raise RunError(f"output_root {output_root} would write its reports into reports/{name}/, "
+                       f"the {name} profile's; pass --reports-dir <folder> (or name the output "
+                       "folder otherwise)")
+    return REPORTS_DIR / name
 
 
 class RunnerBoundKernelManager(AsyncKernelManager):
@@ -193,12 +212,13 @@ def run_step(step: Step, params: dict[str, Any], out_dir: Path) -> Path:
                 kernel_manager_class=RunnerBoundKernelManager,
             )
     except PapermillExecutionError as err:
-        render_html(output)  # the failed run is a record too
+        reader.render(output)  # the failed run is a record too
+        reader.write_index(out_dir)
         raise RunError(
             f"{step.name} failed in cell {err.exec_count} ({err.ename}: {err.evalue})\n"
             f"  full traceback: {output.with_suffix('.html')}"
         ) from None
-    render_html(output)
+    reader.render(output)
     return output
 
 
@@ -215,7 +235,7 @@ def run(profile: str, only: str | None = None, start: str | None = None,
         from shoelib.demo import ensure_demo_assets
 
         ensure_demo_assets()
-    out_dir = reports_dir or REPORTS_DIR / profile
+    out_dir = reports_folder(profile, params, reports_dir)
     written = []
     for step in steps:
         t0 = time.perf_counter()
@@ -223,8 +243,11 @@ def run(profile: str, only: str | None = None, start: str | None = None,
         step_params = {k: v for k, v in params.items() if k in declared[step.name]}
         written.append(run_step(step, step_params, out_dir))
         print(f"[{step.name}] done in {time.perf_counter() - t0:.1f} s -> "
-              f"{written[-1].with_suffix('.html')}", flush=True)
+              f"{shown(written[-1].with_suffix(reader.READER_SUFFIX))}", flush=True)
+    index = reader.write_index(out_dir)
+    print(f"reports: {shown(out_dir)}/ (start with {shown(index)})", flush=True)
     return written
+
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,7 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from", dest="start", help="first notebook number to run, e.g. 03")
     parser.add_argument("-p", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
                         help="override one parameter (repeatable)")
-    parser.add_argument("--reports-dir", type=Path, help="default: reports/<profile>")
+    parser.add_argument("--reports-dir", type=Path,
+                        help="default: reports/<profile> with the profile's own output_root, "
+                             "else reports/<output_root folder name>")
     args = parser.parse_args(argv)
     try:
         run(args.profile, args.only, args.start, parse_overrides(args.p), args.reports_dir)
