@@ -444,8 +444,8 @@ def check_reference_categories(categories: Any) -> list[str]:
 
 
 def reference_photos(data_root: str | Path, categories: Sequence[str]) -> pd.DataFrame:
-    """Readable catalogue photos of `categories` (image_path, articleType): the real examples a
-    category recogniser learns the other classes from."""
+    """Readable catalogue photos of `categories` (image_path, articleType, colour): the real
+    examples a category recogniser, and the downstream study, learn the other classes from."""
     from shoelib.catalog import image_path_for, read_styles
 
     root = resolve(data_root)
@@ -458,8 +458,9 @@ def reference_photos(data_root: str | Path, categories: Sequence[str]) -> pd.Dat
             open_rgb(path)
         except Exception:  # missing or broken photos are 01's to report, not a reference
             continue
-        rows.append({"image_path": str(path), "articleType": r.articleType})
-    return pd.DataFrame(rows, columns=["image_path", "articleType"])
+        rows.append({"image_path": str(path), "articleType": r.articleType,
+                     "colour": r.baseColour})
+    return pd.DataFrame(rows, columns=["image_path", "articleType", "colour"])
 
 
 @dataclass(frozen=True)
