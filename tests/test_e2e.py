@@ -30,6 +30,7 @@ CONTRACTS = {
                                        "real_colour_ceiling", "colour_confusion_real",
                                        "downstream", "closest_pairs", "figures"}),
     "08": ("evaluation/human/summary.json", {"settings", "n_ratings", "estimates", "lines"}),
+    "09": ("study/demo/summary.json", {"settings", "counts", "tasks", "lines", "figures"}),
 }
 # Figures 07 must draw (evaluation/figures/) and the table rows its summary must hold.
 EVALUATION_FIGURES = {"colour_confusion_synthetic.png", "colour_confusion_real_test.png",
@@ -64,6 +65,12 @@ def test_demo_chain_runs_and_keeps_its_contracts(tmp_path):
             == evaluation["table"]["colour accuracy (real)"])
     assert (evaluation["downstream"]["majority_baseline"]["accuracy"]
             == evaluation["table"]["classifier accuracy (majority baseline)"])
+    # 09 answers the demo's question: do synthetic Casual Shoes raise their recall at 10 % real?
+    study = json.loads((out / "study" / "demo" / "summary.json").read_text())
+    first = study["tasks"]["article type"]["verdicts"][0]
+    assert first["regime"] == "10% real" and "Casual Shoes recall difference" in first
+    assert any(line.startswith("article type: ") and "Casual Shoes recall at 10% real" in line
+               for line in study["lines"])
     table = pd.read_csv(out / "evaluation" / "summary_table.csv")
     assert list(table["name"]) == [r["name"] for r in evaluation["results"]]
 
