@@ -70,7 +70,7 @@ def number(value: Any, digits: int = DIGITS) -> str:
 
 
 def table(frame: pd.DataFrame, formats: Mapping[str, str] | None = None,
-          digits: Mapping[str, int] | None = None) -> Styler:
+          digits: int | Mapping[str, int] = DIGITS) -> Styler:
     """`frame` as a report shows it: a Styler whose cells and labels are HTML-escaped, numbers
     formatted by `number`, missing values shown as MISSING, no index column (a meaningful
     index, e.g. the colour of each row, becomes the first column), text left-aligned.
@@ -78,8 +78,8 @@ def table(frame: pd.DataFrame, formats: Mapping[str, str] | None = None,
     Args:
         frame: the table to show.
         formats: per-column format strings, e.g. {"share": "{:.1%}"}.
-        digits: per-column significant digits where a quantity needs more than DIGITS, e.g.
-            {"loss": 4}.
+        digits: significant digits of every number (e.g. 4 for a table of losses), or per
+            column where a quantity needs other than DIGITS, e.g. {"loss": 4}.
 
     Only the first MAX_ROWS rows are shown (a Styler, unlike a DataFrame, would render every
     row); the caption says how many there are.
@@ -87,19 +87,25 @@ def table(frame: pd.DataFrame, formats: Mapping[str, str] | None = None,
     import pandas as pd
 
     default_index = isinstance(frame.index, pd.RangeIndex) and frame.index.name is None
-    shown = frame.copy() if default_index else frame.reset_index().rename(columns={"index": ""})
+    if not default_index:  # unnamed index levels get blank (distinct) headers, not "level_0"
+        frame = frame.rename_axis([name if name is not None else " " * i
+                                   for i, name in enumerate(frame.index.names)])
+    shown = frame.copy() if default_index else frame.reset_index()
     shown.columns = [str(c) for c in shown.columns]
     caption = f"first {MAX_ROWS} of {len(shown):,} rows" if len(shown) > MAX_ROWS else None
     shown = shown.head(MAX_ROWS)
-    styler = shown.style.format(number, escape="html", na_rep=MISSING)
+    every = digits if isinstance(digits, int) else DIGITS
+    styler = shown.style.format(lambda v: number(v, every), escape="html", na_rep=MISSING)
     if caption:
         styler = styler.set_caption(caption)
-    for column, n in (digits or {}).items():
+    for column, n in ({} if isinstance(digits, int) else digits).items():
         if column in shown:
             styler = styler.format(lambda v, n=n: number(v, n), subset=[column], escape="html",
                                    na_rep=MISSING)
     if formats:
-        styler = styler.format(dict(formats), escape="html", na_rep=MISSING)
+        # subset: a dict alone would reset every other column to pandas' own format
+        styler = styler.format(dict(formats), subset=[c for c in formats if c in shown],
+                               escape="html", na_rep=MISSING)
     text_columns = [c for c in shown.columns if not pd.api.types.is_numeric_dtype(shown[c])
                     or pd.api.types.is_bool_dtype(shown[c])]
     styler = styler.hide(axis="index").format_index(escape="html", axis=1)

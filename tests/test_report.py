@@ -106,3 +106,34 @@ def test_01_and_02_on_a_hostile_re_saved_catalogue(tmp_path):
     val_test = "".join((out / "processed" / "casual_shoes" / s / "metadata.jsonl").read_text(encoding="utf-8")
                        for s in ("val", "test"))
     assert "Café Men Casual Shoes" in train + val_test
+
+
+def test_table_shows_missing_values_and_labels_with_one_marker_and_no_index():
+    shares = catalog.share_table(pd.Series(["Black", None, "Black", "White"], name="season"))
+    shares["note"] = ["most rows", None, "a <b>bold</b> claim"]
+    shares["ratio"] = [0.123456, float("nan"), 2.0]
+    shares["n"] = pd.array([1234567, pd.NA, 3], dtype="Int64")
+    table_html = report.table(shares, {"share": "{:.1%}"}).to_html()
+    html = rendered({"text/html": table_html})
+    row = html[html.index("&lt;missing&gt;"):]
+    row = row[:row.index("</tr>")]
+    # the missing label is text, and every missing cell shows the one marker
+    assert re.findall(r">([^<]*)</td>", row) == ["1", "25.0%", report.MISSING, report.MISSING,
+                                                  report.MISSING]
+    assert not re.search(r"NaN|&lt;NA&gt;|None|nan", table_html)
+    assert "row_heading" not in html  # no index column: the labels are the first column
+    assert ">season</th>" in html
+    assert ">0.123<" in html and ">2.00<" in html and ">1,234,567<" in html
+    assert "&lt;b&gt;bold&lt;/b&gt;" in html
+    assert re.search(r"#T_\w+_row0_col3[^{]*\{\s*text-align: left", html)  # notes left-aligned
+
+
+def test_number_rounds_to_significant_digits():
+    assert [report.number(v) for v in (0.16021, 2.6956, 1234.5, 12, 1e-5, None, True)] == [
+        "0.160", "2.70", "1,234", "12", "1.00e-05", report.MISSING, "True"]
+    assert report.number(0.16021, 4) == "0.1602"
+
+
+def test_long_tables_say_how_many_rows_they_hide():
+    html = report.table(pd.DataFrame({"x": range(100)})).to_html()
+    assert "first 60 of 100 rows" in html and ">59<" in html and ">60<" not in html
