@@ -1,1 +1,5 @@
 """shoelib: the helper package behind the notebooks (catalogue -> dataset -> LoRA -> synthetic images)."""
+
+from shoelib import quiet
+
+quiet.install()

@@ -148,7 +148,12 @@ def cache_latents(image_paths: Sequence[Path], resolution: int, flips: Sequence[
 
 def tokenize(tokenizer, captions: Sequence[str]) -> torch.Tensor:
     """Token ids padded/truncated to the tokenizer's max length (77 for SD 1.5), as the
-    pipeline's `encode_prompt` does."""
+    pipeline's `encode_prompt` does; a caption that is cut is said in one line."""
+    from shoelib.pipeline import truncation_note
+
+    note = truncation_note(tokenizer, sorted(set(captions)))
+    if note:
+        print(f"captions: {note}", flush=True)
     return tokenizer(list(captions), padding="max_length", max_length=tokenizer.model_max_length,
                      truncation=True, return_tensors="pt").input_ids
 

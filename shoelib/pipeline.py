@@ -429,6 +429,9 @@ def _render(pipe, prompts: Sequence[str], seeds: Sequence[int], *, steps: int, r
     shape = (1, pipe.unet.config.in_channels, side, side)
     start_latents = torch.cat([initial_latents(s, shape, device, dtype) for s in seeds])
     negative = [negative_prompt] * len(prompts) if negative_prompt else None
+    note = truncation_note(pipe.tokenizer, [*prompts, *([negative_prompt] if negative_prompt else [])])
+    if note:
+        print(note, flush=True)
     watch = _NonFiniteWatch(len(prompts))
     synchronize(device)
     t0 = time.perf_counter()
@@ -459,6 +462,25 @@ def _render(pipe, prompts: Sequence[str], seeds: Sequence[int], *, steps: int, r
                                       dtype=str(dtype).removeprefix("torch."),
                                       first_nonfinite_step=watch.first_step[i], nsfw=nsfw[i]))
     return results
+
+
+def truncation_note(tokenizer, prompts: Sequence[str]) -> str | None:
+    """One line saying which prompts the text encoder will see cut, or None if all fit.
+
+    CLIP reads at most `tokenizer.model_max_length` tokens (77 for SD 1.5) and the pipelines
+    cut longer prompts; this line replaces the libraries' alarming messages about it
+    (filtered in `shoelib.quiet`).
+    """
+    limit = tokenizer.model_max_length
+    # verbose=False: counting must not itself trigger the tokenizer's warning
+    lengths = [len(tokenizer(p, verbose=False).input_ids) for p in prompts if p]
+    long = [n for n in lengths if n > limit]
+    if not long:
+        return None
+    if len(lengths) == 1:
+        return f"prompt truncated to {limit} tokens ({long[0]} given)"
+    return (f"{len(long)} of {len(lengths)} prompts truncated to {limit} tokens "
+            f"(up to {max(long)} given)")
 
 
 def generate_checked_batch(pipe, prompts: Sequence[str], seeds: Sequence[int], *, steps: int,

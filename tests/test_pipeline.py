@@ -551,3 +551,42 @@ def test_training_and_generation_give_one_resolution_hint(resolution, fix, tmp_p
                     cache_dir=str(tmp_path), resolution=resolution)
     assert str(generation.value) == str(training.value)
     assert str(generation.value) == f"resolution={resolution!r} is not a positive multiple of 8; use {fix}"
+
+
+QUIET_RUN = """
+import sys
+from shoelib.device import choose_policy
+from shoelib.pipeline import generate_checked, load_pipeline
+policy = choose_policy("cpu")
+pipe = load_pipeline(sys.argv[1], policy)
+pipe.set_progress_bar_config(disable=True)
+long_prompt = " ".join(["black casual shoes"] * 40)
+for seed in (0, 1):  # the playground: the same long prompt twice
+    generate_checked(pipe, long_prompt, seed, steps=2, resolution=64, policy=policy)
+generate_checked(pipe, "black casual shoes", 2, steps=2, resolution=64, policy=policy)
+"""
+
+
+def test_long_prompt_says_one_line_and_known_library_noise_is_gone(tiny_sd_dir):
+    """A prompt over 77 tokens gives one line per generation, not the tokenizer's false
+    "indexing errors" and diffusers' token dump; the torchvision fallback notice is gone."""
+    done = subprocess.run([sys.executable, "-c", QUIET_RUN, str(tiny_sd_dir)],
+                          env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = (done.stdout + done.stderr).splitlines()
+    assert [line for line in lines if "truncated" in line] == [
+        "prompt truncated to 77 tokens (122 given)"] * 2
+    assert not [line for line in lines if "indexing errors" in line or "torchvision" in line]
+
+
+def test_truncation_note_counts_the_prompts_cut(tiny_sd_dir):
+    from transformers import CLIPTokenizer
+
+    from shoelib.pipeline import truncation_note
+
+    tokenizer = CLIPTokenizer.from_pretrained(tiny_sd_dir / "tokenizer")
+    long = " ".join(["black casual shoes"] * 40)
+    assert truncation_note(tokenizer, ["black casual shoes"]) is None
+    assert truncation_note(tokenizer, [long, "shoes", long + " shoes"]) == (
+        "2 of 3 prompts truncated to 77 tokens (up to 123 given)")
