@@ -26,9 +26,11 @@ test: $(STAMP)   ## the whole suite, including the end-to-end papermill run of t
 test-fast: $(STAMP)  ## everything but the end-to-end runs
 	$(PY) -m pytest -q -m "not slow"
 
+# Jupyter refuses to start as root unless told; containers often run as root, where it is
+# the only user. --allow-root is passed only then, so a normal user keeps the refusal.
 lab: $(STAMP)
 	$(PY) -m shoelib.demo
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab notebooks/ $$(test "$$(id -u)" = 0 && echo --allow-root)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check shoelib tests benchmarks notebooks

@@ -67,28 +67,75 @@ def sample_grid(frame: pd.DataFrame, n: int, seed: int = 0, ncols: int = 4,
                       tile_inches=(2.4, 3.0), empty="no readable image")
 
 
-def colour_browser(frame: pd.DataFrame, n: int = 8, column: str = "baseColour", seed: int = 0):
-    """An ipywidgets box: a dropdown of `column` values (largest first) and their images.
+BROWSE_COLUMNS = {"colour": "baseColour", "gender": "gender", "season": "season",
+                  "usage": "usage"}
 
-    Needs a live frontend (see `widget_frontend`).
+
+class CatalogBrowser:
+    """01's image browser: choose a column (colour, gender, season, usage) and one of its
+    values (largest first, with its readable-image count); Reshuffle draws other images of it.
+
+    Needs a live frontend to show (`widget_frontend`); its logic (`values`, `reshuffle`,
+    `shown_ids`) works without one.
     """
-    import ipywidgets as widgets
-    import matplotlib.pyplot as plt
-    from IPython.display import display
 
-    counts = frame.loc[frame["image_status"] == "ok", column].dropna().value_counts()
-    options = [(f"{value} ({count})", value) for value, count in counts.items()]
-    dropdown = widgets.Dropdown(options=options, description=column)
-    output = widgets.Output()
+    def __init__(self, frame: pd.DataFrame, n: int = 8, seed: int = 0,
+                 columns: dict[str, str] = BROWSE_COLUMNS) -> None:
+        import ipywidgets as widgets
 
-    def show(change=None) -> None:
-        with output:
-            output.clear_output(wait=True)
-            fig = sample_grid(frame[frame[column] == dropdown.value], n=n, seed=seed)
+        self.frame = frame[frame["image_status"] == "ok"]
+        self.n, self.seed = n, seed
+        present = {label: c for label, c in columns.items() if c in frame}
+        self.column = widgets.Dropdown(options=list(present.items()), description="column")
+        self.value = widgets.Dropdown(description="value")
+        self.reshuffle_button = widgets.Button(description="Reshuffle", icon="random")
+        self.output = widgets.Output()
+        self.shown_ids: list[int] = []
+        self.column.observe(lambda _change: self._fill_values(), names="value")
+        self._filling = False
+        self.value.observe(lambda _change: self._filling or self.show(), names="value")
+        self.reshuffle_button.on_click(lambda _button: self.reshuffle())
+        self.box = widgets.VBox([widgets.HBox([self.column, self.value, self.reshuffle_button]),
+                                 self.output])
+        self._fill_values()
+
+    def values(self) -> list[tuple[str, str]]:
+        """(label with count, value) of the chosen column, largest first."""
+        counts = self.frame[self.column.value].dropna().astype(str).value_counts()
+        return [(f"{value} ({count})", value) for value, count in counts.items()]
+
+    def _fill_values(self) -> None:
+        options = self.values()
+        self._filling = True  # new options reset the value: one redraw, below, not two
+        try:
+            self.value.options = options
+            self.value.value = options[0][1] if options else None
+        finally:
+            self._filling = False
+        self.show()
+
+    def reshuffle(self) -> None:
+        """Other images of the same value (the next seed)."""
+        self.seed += 1
+        self.show()
+
+    def show(self) -> None:
+        import matplotlib.pyplot as plt
+        from IPython.display import display
+
+        if self.value.value is None:
+            rows = self.frame.iloc[:0]
+        else:
+            rows = self.frame[self.frame[self.column.value].astype(str) == self.value.value]
+        drawn = rows.sample(n=min(self.n, len(rows)), random_state=self.seed)
+        self.shown_ids = [int(i) for i in drawn["id"]]
+        with self.output:
+            self.output.clear_output(wait=True)
+            fig = sample_grid(drawn, n=len(drawn), seed=self.seed)
             display(fig)
             plt.close(fig)
 
-    dropdown.observe(show, names="value")
-    if options:
-        show()
-    return widgets.VBox([dropdown, output])
+
+def colour_browser(frame: pd.DataFrame, n: int = 8, seed: int = 0):
+    """The `CatalogBrowser` box, colour chosen first."""
+    return CatalogBrowser(frame, n=n, seed=seed).box

@@ -10,6 +10,7 @@ generate images that are checked for the failures half precision causes (NaN, bl
 
 from __future__ import annotations
 
+import html
 import math
 import re
 import statistics
@@ -615,29 +616,119 @@ class InferenceTestConfig:
 
 # --- showing results
 
-def prompt_playground(pipe, policy: DevicePolicy, *, steps: int, resolution: int,
-                      guidance_scale: float, seed: int = 0):
-    """An ipywidgets form (prompt, seed, Generate) showing a checked image and its verdict.
+class Playground:
+    """04's prompt playground: a labelled prompt box, a seed, Generate, a status line and the
+    last `keep` results side by side (image, prompt, seed, verdict), for comparing.
 
-    Needs a live Jupyter frontend; notebooks check `shoelib.browse.widget_frontend()` first.
+    Generation runs in a thread, so the kernel keeps answering the page: the button is
+    disabled and the status says what is happening while it works, and a click that arrives
+    meanwhile is refused rather than queued. Images smaller than `display_px` are enlarged for
+    display (nearest neighbour: the pixels as generated, only bigger).
+
+    Args:
+        generate: (prompt, seed) -> GeneratedImage; 04 passes `generate_checked` on its pipe.
+        prompt: the text the box starts with.
+        seed: the seed the box starts with.
+        keep: results kept side by side.
+        display_px: shown image side in px.
+        prompt_note: prompt -> a line to show with the result (e.g. `truncation_note`), or None.
     """
-    import ipywidgets as widgets
-    from IPython.display import display
 
-    prompt = widgets.Textarea(value=inference_prompts(1)[0], layout=widgets.Layout(width="100%"))
-    seed_box = widgets.IntText(value=seed, description="seed")
-    button = widgets.Button(description="Generate", button_style="primary")
-    output = widgets.Output()
+    def __init__(self, generate, *, prompt: str, seed: int = 0, keep: int = 4,
+                 display_px: int = 256, prompt_note=None) -> None:
+        import threading
 
-    def on_click(_button) -> None:
-        with output:
-            output.clear_output(wait=True)
-            result = generate_checked(pipe, prompt.value, seed_box.value, steps=steps,
-                                      resolution=resolution, guidance_scale=guidance_scale,
-                                      policy=policy)
-            print(f"{result.verdict.problem}: {result.verdict.reason} "
-                  f"({result.seconds:.2f} s, {result.dtype})")
-            display(result.image)
+        import ipywidgets as widgets
 
-    button.on_click(on_click)
-    return widgets.VBox([prompt, widgets.HBox([seed_box, button]), output])
+        self._generate, self.keep, self.display_px = generate, keep, display_px
+        self._prompt_note = prompt_note or (lambda prompt: None)
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.results: list[GeneratedImage] = []
+        self.refused = 0
+        self.prompt = widgets.Textarea(value=prompt, description="prompt",
+                                       placeholder="describe the product photo",
+                                       layout=widgets.Layout(width="100%", height="4em"))
+        self.seed = widgets.IntText(value=seed, description="seed")
+        self.button = widgets.Button(description="Generate", button_style="primary",
+                                     icon="play")
+        self.status = widgets.HTML(value="ready")
+        self.history = widgets.HBox(layout=widgets.Layout(flex_flow="row wrap"))
+        self.button.on_click(lambda _button: self.click())
+        self.box = widgets.VBox([self.prompt, widgets.HBox([self.seed, self.button, self.status]),
+                                 self.history])
+        self.box.add_class("shoelib-playground")
+
+    @property
+    def busy(self) -> bool:
+        return self._lock.locked()
+
+    def click(self) -> bool:
+        """Start one generation; False (and nothing started) while one is running."""
+        if not self._lock.acquire(blocking=False):
+            self.refused += 1
+            return False
+        import threading
+
+        prompt, seed = self.prompt.value, int(self.seed.value)
+        self.button.disabled = True
+        self.button.description = "Generating ..."
+        self.status.value = html.escape(f"generating seed {seed} ...")
+        self._thread = threading.Thread(target=self._run, args=(prompt, seed), daemon=True)
+        self._thread.start()
+        return True
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Until the running generation (if any) has finished."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self, prompt: str, seed: int) -> None:
+        try:
+            result = self._generate(prompt, seed)
+        except Exception as err:  # shown where the user looks, the playground stays usable
+            self.status.value = html.escape(f"failed: {type(err).__name__}: {err}")
+        else:
+            self.results = [result, *self.results][:self.keep]
+            self.history.children = [self._card(r) for r in self.results]
+            note = self._prompt_note(prompt)
+            self.status.value = html.escape(f"{result.verdict.problem} in {result.seconds:.1f} s"
+                                            + (f"; {note}" if note else ""))
+        finally:
+            self.button.description = "Generate"
+            self.button.disabled = False
+            self._lock.release()
+
+    def _card(self, result: GeneratedImage):
+        import io
+
+        import ipywidgets as widgets
+
+        image = result.image
+        if max(image.size) < self.display_px:
+            factor = self.display_px // max(image.size)
+            image = image.resize((image.width * factor, image.height * factor), Image.NEAREST)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        colour = "green" if result.verdict.ok else "#b00020"
+        caption = widgets.HTML(
+            f"<div class='shoelib-verdict' style='color:{colour}'><b>{html.escape(result.verdict.problem)}</b>: "
+            f"{html.escape(result.verdict.reason)}</div>"
+            f"<div>seed {result.seed} · {result.seconds:.1f} s · {html.escape(result.dtype)}</div>"
+            f"<div style='font-size:smaller'>{html.escape(result.prompt)}</div>",
+            layout=widgets.Layout(width=f"{self.display_px}px"))
+        return widgets.VBox([widgets.Image(value=buffer.getvalue(), format="png",
+                                           width=self.display_px), caption],
+                            layout=widgets.Layout(margin="0 12px 12px 0"))
+
+
+def prompt_playground(pipe, policy: DevicePolicy, *, steps: int, resolution: int,
+                      guidance_scale: float, seed: int = 0, keep: int = 4):
+    """04's `Playground` on a loaded pipeline: each image made and checked by
+    `generate_checked`. Needs a live Jupyter frontend (`shoelib.browse.widget_frontend()`).
+    Returns the playground; display its `box`."""
+    return Playground(
+        lambda prompt, s: generate_checked(pipe, prompt, s, steps=steps, resolution=resolution,
+                                           guidance_scale=guidance_scale, policy=policy),
+        prompt=inference_prompts(1)[0], seed=seed, keep=keep,
+        prompt_note=lambda prompt: truncation_note(pipe.tokenizer, [prompt]))

@@ -56,7 +56,7 @@ def test_sample_grid_shows_only_readable_images(table):
     assert not any(ax.images for ax in empty.axes)
 
 
-def test_colour_browser_shows_the_grid_of_the_chosen_colour(table, monkeypatch):
+def test_browser_shows_the_grid_of_the_chosen_value_column_and_reshuffles(table, monkeypatch):
     import IPython.display
 
     shown = []  # the figures the browser displays, in order
@@ -65,9 +65,20 @@ def test_colour_browser_shows_the_grid_of_the_chosen_colour(table, monkeypatch):
     def ids(fig) -> set[str]:
         return {ax.get_title().split("\n")[0] for ax in fig.axes if ax.images}
 
-    box = browse.colour_browser(table, n=2)
-    dropdown = box.children[0]
-    assert list(dropdown.options) == [("Black (2)", "Black"), ("Red (1)", "Red")]
-    assert ids(shown[-1]) == {"0", "1"}  # the largest colour first: both Black photos
-    dropdown.value = "Red"  # the callback redraws without a frontend
-    assert len(shown) == 2 and ids(shown[-1]) == {"2"}  # the readable Red photo only
+    table = pd.concat([table, table.assign(id=table["id"] + 100, gender="Women")])
+    browser = browse.CatalogBrowser(table, n=2, seed=0)
+    assert [label for label, _ in browser.column.options] == ["colour", "gender"]  # no season here
+    assert list(browser.value.options) == [("Black (4)", "Black"), ("Red (2)", "Red")]
+    assert len(shown) == 1 and len(ids(shown[-1])) == 2 and ids(shown[-1]) <= {"0", "1", "100", "101"}
+    browser.value.value = "Red"  # the callback redraws without a frontend
+    assert len(shown) == 2 and ids(shown[-1]) == {"2", "102"}  # the readable Red photos only
+    browser.column.value = "gender"
+    assert list(browser.value.options) == [("Men (3)", "Men"), ("Women (3)", "Women")]
+    assert len(shown) == 3 and set(browser.shown_ids) <= {0, 1, 2}
+    draws = {tuple(browser.shown_ids)}
+    for _ in range(6):
+        browser.reshuffle()
+        draws.add(tuple(browser.shown_ids))
+        assert set(browser.shown_ids) <= {0, 1, 2} and len(browser.shown_ids) == 2
+    assert len(draws) > 1  # other images of the same value
+    assert len(shown) == 9

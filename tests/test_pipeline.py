@@ -485,15 +485,16 @@ def test_safety_checker_black_is_reported_and_not_retried(tiny_sd_dir):
     assert pipe.unet.dtype == torch.bfloat16  # no float32 conversion for a deliberate black
 
 
-def test_prompt_playground_generates_a_checked_image_on_click(tiny_sd_dir, cpu_policy, capsys):
+def test_prompt_playground_generates_a_checked_image_on_click(tiny_sd_dir, cpu_policy):
     from shoelib.pipeline import prompt_playground
 
-    form = prompt_playground(load(tiny_sd_dir, cpu_policy), cpu_policy, steps=2, resolution=64,
+    play = prompt_playground(load(tiny_sd_dir, cpu_policy), cpu_policy, steps=2, resolution=64,
                              guidance_scale=7.5, seed=3)
-    prompt_box, (seed_box, button) = form.children[0], form.children[1].children
-    assert prompt_box.value.startswith("A professional product photo") and seed_box.value == 3
-    button.click()  # outside a kernel the Output widget passes prints through to stdout
-    assert "ok: finite, not black, not flat" in capsys.readouterr().out
+    assert play.prompt.value.startswith("A professional product photo") and play.seed.value == 3
+    play.button.click()
+    play.wait(300)
+    assert play.status.value.startswith("ok in ")
+    assert [(r.seed, r.verdict.reason) for r in play.results] == [(3, "finite, not black, not flat")]
 
 
 # --- check_image on its own
@@ -590,3 +591,44 @@ def test_truncation_note_counts_the_prompts_cut(tiny_sd_dir):
     assert truncation_note(tokenizer, ["black casual shoes"]) is None
     assert truncation_note(tokenizer, [long, "shoes", long + " shoes"]) == (
         "2 of 3 prompts truncated to 77 tokens (up to 123 given)")
+
+
+def test_playground_disables_generate_refuses_queued_clicks_and_keeps_the_last_results():
+    import io
+    import threading
+
+    from shoelib.pipeline import GeneratedImage, Playground, Verdict
+
+    release, started = threading.Event(), threading.Event()
+    calls = []
+
+    def generate(prompt, seed):
+        calls.append((prompt, seed))
+        started.set()
+        assert release.wait(30)
+        verdict = Verdict(True, "ok", "looks fine", 0.5, 0.2, 0.0, 1.0, 0)
+        return GeneratedImage(prompt=prompt, seed=seed, image=Image.new("RGB", (64, 64), "red"),
+                              verdict=verdict, seconds=0.5, dtype="float32")
+
+    play = Playground(generate, prompt="red <b>shoes</b>", seed=7, keep=2, display_px=256,
+                      prompt_note=lambda p: "prompt truncated to 77 tokens (80 given)")
+    assert play.prompt.description == "prompt"  # the box is labelled
+    assert play.click() is True
+    assert started.wait(30)
+    assert play.busy and play.button.disabled and "generating seed 7" in play.status.value
+    assert play.click() is False and play.refused == 1  # refused, not queued
+    release.set()
+    play.wait(30)
+    assert not play.button.disabled and play.button.description == "Generate"
+    assert calls == [("red <b>shoes</b>", 7)]
+    assert play.status.value == "ok in 0.5 s; prompt truncated to 77 tokens (80 given)"
+    image, caption = play.history.children[0].children
+    assert Image.open(io.BytesIO(image.value)).size == (256, 256)  # 64 px shown 4x larger
+    assert "seed 7" in caption.value and "red &lt;b&gt;shoes&lt;/b&gt;" in caption.value
+    assert "looks fine" in caption.value
+    for seed in (8, 9):
+        play.seed.value = seed
+        assert play.click()
+        play.wait(30)
+    assert [r.seed for r in play.results] == [9, 8]  # the newest first, the last two kept
+    assert len(play.history.children) == 2
