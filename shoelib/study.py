@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -145,7 +145,8 @@ def training_sets(real_labels: Sequence[str], synthetic_labels: Sequence[str],
 
     The synthetic count of "fraction + k x synthetic" is k times the set's real photos (the
     literature's definition), drawn as the head of one seeded order (so 1x is inside 2x) and
-    capped at the images the run has: the note says when a cap applies.
+    capped at the images the run has: the note says when a cap applies, and a larger multiple
+    capped to the same images as a smaller one is not trained again.
     """
     synthetic_labels = np.asarray(synthetic_labels, dtype=object)
     order = np.random.default_rng(config.subset_seed + 1).permutation(len(synthetic_labels))
@@ -153,9 +154,14 @@ def training_sets(real_labels: Sequence[str], synthetic_labels: Sequence[str],
     sets = []
     for f, real in nested_fractions(real_labels, config.fractions, config.subset_seed).items():
         sets.append(TrainingSet(f"real {f:.0%}", f, 0.0, real, np.zeros(0, np.int64)))
-        for k in config.synthetic_multiples if len(synthetic_labels) else ():
+        taken = 0
+        for k in sorted(config.synthetic_multiples) if len(synthetic_labels) else ():
             want = int(round(k * len(real)))
             take = order[:want]
+            if len(take) == taken:  # capped to the set of the smaller multiple: nothing new to learn
+                sets[-1] = replace(sets[-1], note=f"{sets[-1].note}; {k:g}x ({want}) capped to the same set")
+                continue
+            taken = len(take)
             note = (f"{want} synthetic images wanted, the run has {len(order)}"
                     if want > len(order) else "")
             sets.append(TrainingSet(f"real {f:.0%} + {k:g}x synthetic", f, float(k), real,
@@ -366,6 +372,7 @@ def verdicts(runs: pd.DataFrame, truth: Sequence[int], classes: Sequence[str], c
                                     if m.any() else np.nan)
         lo, hi = np.percentile(diffs, [2.5, 97.5])
         row = {"regime": f"{fraction:.0%} real", "synthetic": f"{multiple:g}x",
+               "n_synthetic": int(group["n_synthetic"].iloc[0]), "note": group["note"].iloc[0],
                "accuracy difference": point, "accuracy_lo": lo, "accuracy_hi": hi,
                "verdict": _verdict(lo, hi, fraction, multiple)}
         if focus is not None:

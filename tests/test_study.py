@@ -36,13 +36,15 @@ def test_training_sets_scale_synthetic_with_the_real_count_and_say_when_capped()
     config = study.StudyConfig(fractions=(0.1, 1.0), synthetic_multiples=(1.0, 2.0))
     sets = {s.name: s for s in study.training_sets(real, ["a"] * 30, config)}
     assert list(sets) == ["real 10%", "real 10% + 1x synthetic", "real 10% + 2x synthetic",
-                          "real 100%", "real 100% + 1x synthetic", "real 100% + 2x synthetic",
-                          "synthetic only"]
+                          "real 100%", "real 100% + 1x synthetic", "synthetic only"]
     assert len(sets["real 10% + 1x synthetic"].synthetic) == 10
     assert set(sets["real 10% + 1x synthetic"].synthetic) <= set(sets["real 10% + 2x synthetic"].synthetic)
     assert len(sets["real 100% + 1x synthetic"].synthetic) == 30  # 100 wanted, 30 exist
-    assert sets["real 100% + 1x synthetic"].note == "100 synthetic images wanted, the run has 30"
+    assert sets["real 100% + 1x synthetic"].note.startswith("100 synthetic images wanted, the run has 30")
     assert sets["real 10% + 2x synthetic"].note == ""
+    # at 100 % both multiples are capped to all 30 images: 2x is the same set, not trained again
+    assert "real 100% + 2x synthetic" not in sets
+    assert sets["real 100% + 1x synthetic"].note.endswith("; 2x (200) capped to the same set")
 
 
 @pytest.mark.parametrize("field, value, words", [
