@@ -284,7 +284,9 @@ def run_study(real: LabelledSet, synthetic: LabelledSet, test: LabelledSet, clas
     order = {(ts.name, s): i for i, (ts, s) in enumerate((ts, s) for ts in sets for s in config.seeds)}
     rows = sorted((r for r in keep if r["task"] == task and (r["training_set"], r["seed"]) in order),
                   key=lambda r: order[(r["training_set"], r["seed"])])
-    return pd.DataFrame(rows).drop(columns="settings")
+    notes = {ts.name: ts.note for ts in sets}  # the current sets' notes, not a stored run's
+    return pd.DataFrame(rows).drop(columns="settings").assign(
+        note=lambda f: f["training_set"].map(notes))
 
 
 def _scores(pred: np.ndarray, truth: np.ndarray, n_classes: int) -> tuple[float, float]:
