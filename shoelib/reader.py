@@ -30,7 +30,7 @@ import nbformat
 
 from shoelib import report
 from shoelib.io import write_text
-from shoelib.paths import RunPaths
+from shoelib.paths import RunPaths, slug
 
 READER_SUFFIX = ".reader.html"
 SUMMARY_TAG = "summary"  # cells shown first in the reader version
@@ -254,9 +254,26 @@ def _human(paths: RunPaths, p: dict) -> Figures:
     return [(k, str(v)) for k, v in human.items() if isinstance(v, int | float | str)][:6]
 
 
+def _study(paths: RunPaths, p: dict) -> Figures:
+    if not p.get("run_name"):
+        return []
+    s = _read(paths.root / "study" / slug(p["run_name"]) / "summary.json")
+    if s is None:
+        return []
+    rows = []
+    for task, t in (s.get("tasks") or {}).items():
+        for r in t.get("summary", []):
+            if r.get("fraction") in (0.1, 1.0) or r.get("fraction") is None:
+                rows.append((f"{task}: {r['training_set']}",
+                             f"accuracy {_n(r['accuracy'])} [{_n(r['accuracy_lo'])}, "
+                             f"{_n(r['accuracy_hi'])}] (N test {_n(r['n_test'])})"))
+    rows += [("verdict", line) for line in s.get("lines", []) if "10% real" in line]
+    return rows
+
+
 KEY_FIGURES: dict[str, Callable[[RunPaths, dict], Figures]] = {
     "01": _analysis, "02": _prepared, "03": _environment, "04": _inference, "05": _lora,
-    "06": _synthetic, "07": _evaluation, "08": _human}
+    "06": _synthetic, "07": _evaluation, "08": _human, "09": _study}
 
 
 @dataclass(frozen=True)
