@@ -41,7 +41,7 @@ class Parameter:
     name: str
     value: Any
     help: str
-    overridden: bool  # set by the run (profile or -p), not the notebook's default
+    overridden: bool  # the run (profile or -p) set another value than the notebook's default
 
 
 def parameters(nb: nbformat.NotebookNode) -> list[Parameter]:
@@ -58,8 +58,8 @@ def parameters(nb: nbformat.NotebookNode) -> list[Parameter]:
             default = ast.literal_eval(p.default)
         except (ValueError, SyntaxError):
             default = p.default
-        out.append(Parameter(p.name, injected.get(p.name, default), p.help or "",
-                             p.name in injected))
+        value = injected.get(p.name, default)
+        out.append(Parameter(p.name, value, p.help or "", value != default))
     return out
 
 
@@ -87,7 +87,7 @@ def parameters_markdown(params: list[Parameter]) -> str:
     for p in params:
         value = report.text(json.dumps(p.value, ensure_ascii=False) if not isinstance(p.value, str)
                             else p.value)
-        mark = " (set by the run)" if p.overridden else ""
+        mark = " (notebook default differs)" if p.overridden else ""
         rows.append(f"| `{p.name}` | {value or '&quot;&quot;'}{mark} | {report.text(p.help)} |")
     return "\n".join(rows)
 
@@ -105,7 +105,9 @@ def reader_notebook(nb: nbformat.NotebookNode, run: str, full_name: str) -> nbfo
     table = nbformat.v4.new_markdown_cell(
         f"**Run `{report.text(run)}`.** This is the reader version: outputs only. Code and every "
         f"output: [{full_name}]({full_name}).\n\n"
-        f"<details open><summary>Parameters of this run ({len(params)})</summary>\n\n"
+        # a long list starts folded, so that the first result stays near the top
+        f"<details{' open' if len(params) <= 8 else ''}><summary>Parameters of this run "
+        f"({len(params)})</summary>\n\n"
         f"{parameters_markdown(params)}\n\n</details>")
     reader.cells = [*intro, table, *first, *rest]
     return reader
@@ -240,7 +242,8 @@ def _evaluation(paths: RunPaths, p: dict) -> Figures:
     for r in s.get("results", [])[:4]:  # the fidelity rows lead 07's table
         rows.append((r["name"], f"{_interval(r)} (N: {_headline_n(r) or '—'})"))
     for r in s.get("base_vs_lora") or []:
-        cells = [f"{k} {v}" for k, v in r.items() if k not in ("measure", "verdict")]
+        cells = [f"{k} {_n(v)}" for k, v in r.items()
+                 if k not in ("measure", "verdict") and not report.is_missing(v)]
         rows.append((f"base vs LoRA: {r.get('measure')}",
                      f"{'; '.join(cells)} → {r.get('verdict', '')}"))
     return rows

@@ -85,7 +85,7 @@ def test_reader_version_hides_code_keeps_every_figure_and_shows_parameters_once(
     assert "<title>01 · A story · run myrun</title>" in full
     # the parameters once, as a table: the run's value (injected), the default's help text
     assert read.count("<code>output_root</code>") == 1
-    assert str(out) in read and "(set by the run)" in read
+    assert str(out) in read and "(notebook default differs)" in read
     assert "<code>threshold</code></td>" in read and "how strict" in read
     assert "nowhere" not in read  # the default that the run replaced is not shown
     assert "secret" in read  # outputs stay
@@ -138,7 +138,7 @@ def test_reader_notebook_puts_summary_cells_first():
     nb.metadata["papermill"] = {"parameters": {"x": 2}}
     out = reader.reader_notebook(nb, "demo", "07_evaluate.html")
     assert [c.source for c in out.cells][0] == "# 07 · Evaluate"
-    assert "| `x` | 2 (set by the run) | one |" in out.cells[1].source
+    assert "| `x` | 2 (notebook default differs) | one |" in out.cells[1].source
     assert [c.source for c in out.cells][2:] == ["## 8. Summary", "display(table)", "detail = 1"]
 
 
@@ -170,4 +170,4 @@ def test_parameters_read_back_from_an_executed_notebook(story):
     notebook, out = story
     got = {p.name: (p.value, p.overridden) for p in
            reader.parameters(nbformat.read(notebook, as_version=4))}
-    assert got == {"output_root": (str(out), True), "threshold": (0.5, False)}
+    assert got == {"output_root": (str(out), True), "threshold": (0.5, False)}  # (value, changed)
