@@ -434,8 +434,10 @@ def probe_image(path: str | Path, draft_side: int = 256,
                 img.draft(img.mode, (draft_side, draft_side))
             img.load()
     except Exception as err:  # any decoder failure means "unreadable"
+        # the file's name, not the machine's folder: the error is shown in shared reports
+        message = str(err).replace(str(path), path.name)
         return ImageProbe(str(path), "unreadable", *header, n_bytes,
-                          error=f"{type(err).__name__}: {err}")
+                          error=f"{type(err).__name__}: {message}")
     if problem := size_problem(header[0], header[1], min_side):
         return ImageProbe(str(path), "unreadable", *header, n_bytes, error=problem)
     return ImageProbe(str(path), "ok", *header, n_bytes)

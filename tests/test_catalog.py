@@ -288,6 +288,9 @@ def test_inventory_statuses_for_every_quirk_file(demo_catalog):
     assert row("truncated_jpeg")["image_width"] == 224  # the header was readable
     assert row("zero_byte_image")["image_status"] == "unreadable"
     assert row("zero_byte_image")["image_bytes"] == 0
+    zero = QUIRK_IDS["zero_byte_image"][0]
+    assert row("zero_byte_image")["image_error"] == (  # the file, not this machine's folder
+        f"UnidentifiedImageError: cannot identify image file '{zero}.jpg'")
     assert (row("grayscale_jpeg")["image_status"], row("grayscale_jpeg")["image_mode"]) == ("ok", "L")
     assert (row("cmyk_jpeg")["image_status"], row("cmyk_jpeg")["image_mode"]) == ("ok", "CMYK")
     png = row("png_as_jpg")
