@@ -5,8 +5,13 @@ from __future__ import annotations
 import ast
 import importlib.metadata
 import json
+import os
 import re
+import shutil
+import subprocess
 import sys
+
+import pytest
 
 from shoelib.paths import PROJECT_ROOT
 
@@ -59,3 +64,17 @@ def test_dependencies_are_pinned_to_the_installed_versions():
     for spec in specs:
         name, version = spec.split("==")
         assert importlib.metadata.version(name).split("+")[0] == version, spec  # 2.13.0+cpu
+
+
+def test_make_lab_allows_root_only_as_root():
+    """Jupyter refuses to run as root without --allow-root: `make lab` adds it for root (a
+    container's usual user) and only then."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    plan = subprocess.run(["make", "-n", "lab"], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, check=True).stdout
+    line = next(line for line in plan.splitlines() if "jupyter lab" in line)
+    args = subprocess.run(["sh", "-c", line.replace(".venv/bin/jupyter lab", "echo", 1)],
+                          capture_output=True, text=True, check=True).stdout.split()
+    assert args[0] == "notebooks/"
+    assert ("--allow-root" in args) == (os.geteuid() == 0)
