@@ -22,7 +22,7 @@ from shoelib import metrics as M
 from shoelib.images import open_rgb
 from shoelib.paths import RunPaths, resolve
 
-FIDELITY_FEATURES = ("clip", "pixels", "inception", "encoder")
+FIDELITY_FEATURES = ("clip", "pixels", "inception", "encoder", "dinov2")
 
 
 @dataclass(frozen=True)
@@ -31,8 +31,9 @@ class EvalConfig:
 
     Attributes:
         fidelity_features: "clip" (CLIP image embeddings), "pixels" (weight-free),
-            "inception" (needs torch-fidelity) or "encoder" (the image encoder pretrained with
-            the embedded model: the demo's domain feature space).
+            "inception" (needs torch-fidelity), "encoder" (the image encoder pretrained with
+            the embedded model: the demo's domain feature space) or "dinov2" (DINOv2 CLS
+            embeddings, the space recommended for FD by Stein et al. 2023).
         kid_subsets: subsets KID averages over.
         min_images: fewest images per set for KID and CMMD.
         near_duplicate_bits: pHash distance (of 64 bits) that counts as a near duplicate.
@@ -40,7 +41,9 @@ class EvalConfig:
         classifier_seeds: one classifier per seed and training set.
         classifier_min_per_class: fewest real training images for a colour to be a class.
         gallery_size: images in each of the best/worst galleries.
-        seed: KID subset sampling seed (07's kid_seed).
+        seed: KID subset and bootstrap sampling seed (07's kid_seed).
+        prdc_k: nearest neighbours of precision/recall/density/coverage.
+        bootstrap_samples: resamples of every bootstrap CI (07's bootstrap_samples).
 
     `check` names 07's parameters (metric_min_images for min_images, ...).
     """
@@ -54,6 +57,8 @@ class EvalConfig:
     classifier_min_per_class: int = 10
     gallery_size: int = 8
     seed: int = 0
+    prdc_k: int = 5
+    bootstrap_samples: int = 200
 
     def check(self) -> None:
         if self.fidelity_features not in FIDELITY_FEATURES:
@@ -74,6 +79,8 @@ class EvalConfig:
         checks.whole_number(self.classifier_min_per_class, "classifier_min_per_class", 1, 10)
         checks.whole_number(self.gallery_size, "gallery_size", 1, 8)
         checks.random_seed(self.seed, "kid_seed")
+        checks.whole_number(self.prdc_k, "prdc_k", 1, 5)
+        checks.whole_number(self.bootstrap_samples, "bootstrap_samples", 20, 200)
 
 
 # --- the image sets
@@ -136,11 +143,17 @@ def is_demo_run(sets: EvalSets, clip: M.ClipBundle | None) -> bool:
 
 
 def feature_extractor(name: str, clip: M.ClipBundle | None,
-                      encoder_model: str | Path | None = None) -> tuple[M.FeatureExtractor, str]:
+                      encoder_model: str | Path | None = None,
+                      dinov2_model: str = M.DINOV2_DEFAULT,
+                      device: str = "cpu") -> tuple[M.FeatureExtractor, str]:
     """The extractor for fidelity and memorisation, and a report line about the choice.
 
     `clip` without weights ("none") falls back to pixel features, and says so.
     """
+    if name == "dinov2":
+        source = str(resolve(dinov2_model)) if Path(dinov2_model).exists() else dinov2_model
+        return M.DinoFeatures(source, device), (f"DINOv2 CLS embeddings of {dinov2_model} (the "
+                                                "FD feature space Stein et al. 2023 recommend)")
     if name == "encoder":
         if not encoder_model:
             raise ValueError("fidelity_features='encoder' needs encoder_model (a folder written "
@@ -149,7 +162,8 @@ def feature_extractor(name: str, clip: M.ClipBundle | None,
         return extractor, (f"embeddings of the image encoder {extractor.folder.name} (trained on "
                            "real catalogue photos: article type + colour)")
     if name == "inception":
-        return M.inception_features(), "Inception v3 (torch-fidelity weights): the FID standard"
+        return M.inception_features(), ("Inception v3 (torch-fidelity weights and resize): the "
+                                        "standard of published FID/KID")
     if name == "clip" and clip is not None:
         how = "random weights: meaningless" if clip.random_weights else "CMMD paper's choice"
         return M.ClipFeatures(clip), f"CLIP image embeddings of {clip.name} ({how})"
@@ -173,28 +187,31 @@ def set_features(sets: EvalSets, extractor: M.FeatureExtractor) -> dict[str, np.
 def fidelity_results(feats: dict[str, np.ndarray], config: EvalConfig, feature_space: str,
                      clip_feats: dict[str, np.ndarray] | None = None,
                      clip_name: str = "") -> list[M.MetricResult]:
-    """KID (primary), FID and CMMD of synthetic vs real test, and real train vs real test as the
-    reference a perfect generator would reach at this N."""
+    """KID (primary), FID, CMMD and precision/recall/density/coverage of synthetic vs real test,
+    and the KID of real train vs real test as the reference a perfect generator would reach at
+    this N. Every row carries its 95 % CI."""
     test, syn, train = feats["test"], feats["synthetic"], feats["train"]
     kid = M.kid(test, syn, subsets=config.kid_subsets, min_images=config.min_images,
                 seed=config.seed, feature_space=feature_space)
     ref = M.kid(test, train, subsets=config.kid_subsets, min_images=config.min_images,
                 seed=config.seed, feature_space=feature_space)
+    boot = {"n_boot": config.bootstrap_samples, "seed": config.seed}
     out = [kid, M.MetricResult("KID reference (real train vs real test)", ref.value, ref.std,
                                ref.n_real, None, f"{len(train)} real train images in place of "
-                               "synthetic ones: the floor at this N", "lower"),
-           M.fid(test, syn, feature_space=feature_space)]
+                               "synthetic ones: the floor at this N", "lower",
+                               ref.ci_low, ref.ci_high),
+           M.fid(test, syn, feature_space=feature_space, **boot)]
     if clip_feats is None:
         out.append(M.MetricResult("CMMD", None, n_real=len(test), n_synthetic=len(syn),
                                   note="needs CLIP (clip_model='none')"))
     else:
         out.append(M.cmmd(clip_feats["test"], clip_feats["synthetic"],
-                          min_images=config.min_images, clip_name=clip_name))
-    return out
+                          min_images=config.min_images, clip_name=clip_name, **boot))
+    return out + M.prdc_results(test, syn, k=config.prdc_k, feature_space=feature_space, **boot)
 
 
-def clip_score_results(clip: M.ClipBundle | None, sets: EvalSets,
-                       batch_size: int = 32) -> tuple[list[M.MetricResult], pd.Series]:
+def clip_score_results(clip: M.ClipBundle | None, sets: EvalSets, batch_size: int = 32,
+                       seed: int = 0) -> tuple[list[M.MetricResult], pd.Series]:
     """CLIP score of each synthetic image against its prompt, and of each real test image
     against its caption (the reference).
 
@@ -215,9 +232,10 @@ def clip_score_results(clip: M.ClipBundle | None, sets: EvalSets,
         note = f"100 * max(cos, 0) of image and its {'prompt' if which == 'synthetic' else 'caption'}"
         if clip.random_weights:
             note += "; random-weight CLIP: meaningless"
-        rows.append(M.MetricResult(f"CLIP score ({which})", float(scores.mean()),
-                                   float(scores.std()), better="higher", note=note,
-                                   **{n_key: len(scores)}))
+        rows.append(M.with_ci(M.MetricResult(f"CLIP score ({which})", float(scores.mean()),
+                                             float(scores.std()), better="higher", note=note,
+                                             **{n_key: len(scores)}),
+                              M.mean_ci(scores, seed=seed)))
         if which == "synthetic":
             per_image = pd.Series(scores, index=frame.index)
     return rows, per_image
@@ -251,37 +269,57 @@ class PhotoChecks:
         return next(r for r in self.results if r.name == "colour accuracy (real)")
 
 
-def photo_checks(sets: EvalSets, thresholds: M.PhotoThresholds | None = None) -> PhotoChecks:
+def photo_checks(sets: EvalSets, thresholds: M.PhotoThresholds | None = None,
+                 seed: int = 0) -> PhotoChecks:
     """Colour faithfulness (synthetic vs prompt; real test vs label = the label-noise baseline)
     and product-photo conformity of both sets."""
     thresholds = thresholds or M.PhotoThresholds()
     syn = M.measure_photos(list(sets.synthetic["image_path"]), thresholds, desc="synthetic checks")
     test = M.measure_photos(list(sets.test["image_path"]), thresholds, desc="real checks")
     acc_syn, conf_syn = M.colour_faithfulness(list(sets.synthetic["colour"]),
-                                              list(syn["dominant_colour"]), "synthetic")
+                                              list(syn["dominant_colour"]), "synthetic", seed)
     acc_real, conf_real = M.colour_faithfulness(list(sets.test["colour"]),
-                                                list(test["dominant_colour"]), "real")
+                                                list(test["dominant_colour"]), "real", seed)
     acc_real = M.MetricResult(acc_real.name, acc_real.value, None, acc_real.n_real, None,
                               acc_real.note + ": the ceiling set by label noise and the measure",
-                              "higher")
-    results = [acc_syn, acc_real, *M.conformity_results(syn, "synthetic"),
-               *M.conformity_results(test, "real")]
+                              "higher", acc_real.ci_low, acc_real.ci_high)
+    results = [acc_syn, acc_real, *M.conformity_results(syn, "synthetic", seed),
+               *M.conformity_results(test, "real", seed)]
     return PhotoChecks(results, syn, test, conf_syn, conf_real)
 
 
 def diversity_and_memorisation(checks: PhotoChecks, feats: dict[str, np.ndarray],
-                               config: EvalConfig, feature_space: str
+                               config: EvalConfig, feature_space: str,
+                               pixels: dict[str, np.ndarray] | None = None,
+                               copy_feats: dict[str, np.ndarray] | None = None,
+                               copy_threshold: float | None = None,
                                ) -> tuple[list[M.MetricResult], M.MemorisationReport]:
-    """Near duplicates and spread of the synthetic set (real test as reference), and its
-    nearest training images."""
+    """Diversity of the synthetic set (real test as reference): the Vendi score on the features
+    and on `pixels` (`pixel_features`) at the same N, near duplicates and spread; and the
+    nearest training image of each synthetic one in `copy_feats` (a copy descriptor's, e.g.
+    SSCD) or else in `feats`, flagged as a copy above `copy_threshold` (the descriptor's own)
+    or else above the real-test baseline."""
+    boot = {"n_boot": config.bootstrap_samples, "seed": config.seed}
     rows = []
+    for space, spaces in ((feature_space, feats), ("pixels", pixels)):
+        if spaces is not None:
+            rows += M.vendi_results({"synthetic": spaces["synthetic"], "real test": spaces["test"]},
+                                    space, seed=config.seed)
     for which, measures, key in (("synthetic", checks.synthetic, "synthetic"),
                                  ("real", checks.test, "test")):
         bits = M.hash_bits(list(measures["phash"]))
-        rows += M.diversity_results(bits, feats[key], which, config.near_duplicate_bits)
-    report = M.memorisation(feats["synthetic"], feats["train"], feats["test"],
-                            feature_space=feature_space)
+        rows += M.diversity_results(bits, feats[key], which, config.near_duplicate_bits, **boot)
+    copy = copy_feats if copy_feats is not None else feats
+    report = M.memorisation(copy["synthetic"], copy["train"], copy["test"],
+                            feature_space="copy descriptor" if copy_feats is not None else feature_space,
+                            threshold=copy_threshold, **boot)
     return rows + report.results, report
+
+
+def pixel_features(sets: EvalSets) -> dict[str, np.ndarray]:
+    """Raw 32 x 32 RGB pixels of the real test and synthetic images (the Vendi score on pixels)."""
+    return {name: M.extract_features(list(frame["image_path"]), M.RawPixels(), desc=f"{name} pixels")
+            for name, frame in (("test", sets.test), ("synthetic", sets.synthetic))}
 
 
 # --- downstream classifier
@@ -399,6 +437,34 @@ def distribution_figure(values: dict[str, np.ndarray], title: str, xlabel: str) 
     return fig
 
 
+def interval_figure(results: Sequence[M.MetricResult], title: str) -> Any:
+    """Each row with a value as a point with its 95 % CI, one panel (own scale) per row,
+    titled with its name and N."""
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in results if r.value is not None]
+    fig, axes = plt.subplots(max(1, len(rows)), 1, figsize=(6, 0.2 + 0.62 * max(1, len(rows))),
+                             squeeze=False)
+    if not rows:
+        axes[0, 0].text(0.5, 0.5, "no values", ha="center", va="center")
+        axes[0, 0].axis("off")
+        return fig
+    for ax, r in zip(axes[:, 0], rows, strict=True):
+        if r.ci_low is not None:
+            ax.plot([r.ci_low, r.ci_high], [0, 0], color="#4c72b0", lw=3, label="95 % CI")
+        ax.plot([r.value], [0], "o", color="#c44e52")
+        ax.set_yticks([])
+        ax.set_title(f"{r.name} (N={_n_label(r)})", fontsize=8, loc="left")
+        ax.tick_params(axis="x", labelsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _n_label(r: M.MetricResult) -> str:
+    return " / ".join(str(n) for n in (r.n_real, r.n_synthetic) if n is not None) or "?"
+
+
 def ranked_examples(sets: EvalSets, checks: PhotoChecks, clip_scores: pd.Series,
                     k: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Best and worst synthetic images: colour right and conforming first, then CLIP score."""
@@ -473,10 +539,14 @@ class CategoryRecogniser:
     classes: tuple[str, ...]
     real_test_share: float  # share of real test photos of `category` recognised as it
 
-    def share(self, feats: np.ndarray) -> float:
+    def recognised(self, feats: np.ndarray) -> np.ndarray:
+        """1.0 for each image recognised as the category, else 0.0."""
         if not len(feats):
-            return float("nan")
-        return float(np.mean(self.model.predict(feats) == self.category))
+            return np.zeros(0)
+        return (self.model.predict(feats) == self.category).astype(float)
+
+    def share(self, feats: np.ndarray) -> float:
+        return float(self.recognised(feats).mean()) if len(feats) else float("nan")
 
 
 def category_recogniser(category: str, category_train: np.ndarray, category_test: np.ndarray,
@@ -520,46 +590,56 @@ def compare_runs(name_a: str, feats_a: np.ndarray, checks_a: pd.DataFrame,
                  name_b: str, feats_b: np.ndarray, checks_b: pd.DataFrame,
                  real_test: np.ndarray, recogniser: CategoryRecogniser | None,
                  config: EvalConfig, feature_space: str) -> RunComparison:
-    """KID against real test (mean ± std over subsets), category recognition and the photo
-    checks of run A and run B side by side. A KID difference is called one only when it
-    exceeds twice the combined std of the two; a share only when the two 95 % Wilson intervals
-    do not overlap."""
-    kid_a = M.kid(real_test, feats_a, subsets=config.kid_subsets, min_images=config.min_images,
-                  seed=config.seed, feature_space=feature_space)
-    kid_b = M.kid(real_test, feats_b, subsets=config.kid_subsets, min_images=config.min_images,
-                  seed=config.seed, feature_space=feature_space)
+    """KID against real test, category recognition and the photo checks of run A and run B
+    side by side, each with its 95 % CI. A difference (a - b) is called one only when its
+    bootstrap CI excludes 0: images of both runs (and, for KID, of the real test set, shared
+    by both) are resampled together and the difference recomputed each time."""
+    kid_a, kid_b = (M.kid(real_test, f, subsets=config.kid_subsets, min_images=config.min_images,
+                          seed=config.seed, feature_space=feature_space)
+                    for f in (feats_a, feats_b))
     rows, results = [], []
+    n_boot, seed = config.bootstrap_samples, config.seed
     if kid_a.value is not None and kid_b.value is not None:
-        diff = kid_a.value - kid_b.value
-        combined = float(np.hypot(kid_a.std, kid_b.std))
-        verdict = (f"{name_b} lower" if diff > 2 * combined else
-                   f"{name_a} lower" if -diff > 2 * combined else "no difference beyond 2 std")
-        rows.append({"measure": "KID vs real test", name_a: f"{kid_a.value:.4f} ± {kid_a.std:.4f}",
-                     name_b: f"{kid_b.value:.4f} ± {kid_b.std:.4f}",
-                     "difference (a - b)": round(diff, 4),
-                     "in combined std": round(diff / combined, 1) if combined else None,
-                     "verdict": verdict, "n": f"{len(real_test)} real, {len(feats_a)} / {len(feats_b)}"})
-    for result, run in ((kid_a, name_a), (kid_b, name_b)):
-        results.append(replace(result, name=f"KID ({run})"))
+        diffs = M.bootstrap_statistic(
+            lambda r, a, b: M.polynomial_mmd(r, a) - M.polynomial_mmd(r, b),
+            (real_test, feats_a, feats_b), n_boot, seed)
+        rows.append(_comparison_row("KID vs real test", name_a, kid_a, name_b, kid_b,
+                                    kid_a.value - kid_b.value, M.percentile_interval(diffs),
+                                    f"{len(real_test)} real, {len(feats_a)} / {len(feats_b)}"))
+    results += [replace(kid_a, name=f"KID ({name_a})"), replace(kid_b, name=f"KID ({name_b})")]
     shares = []
     if recogniser is not None:
-        shares.append((f"recognised as {recogniser.category}",
-                       recogniser.share(feats_a), recogniser.share(feats_b), len(feats_a), len(feats_b)))
+        shares.append((f"recognised as {recogniser.category}", recogniser.recognised(feats_a),
+                       recogniser.recognised(feats_b)))
     for column, label in (("colour_match", "colour as asked"), ("conforms", "passes photo checks")):
         if column in checks_a and column in checks_b:
-            a, b = checks_a[column].dropna(), checks_b[column].dropna()
-            shares.append((label, float(a.mean()), float(b.mean()), len(a), len(b)))
-    for label, a, b, n_a, n_b in shares:
-        lo_a, hi_a = wilson_interval(a, n_a)
-        lo_b, hi_b = wilson_interval(b, n_b)
-        verdict = (f"{name_b} higher" if lo_b > hi_a else f"{name_a} higher" if lo_a > hi_b
-                   else "intervals overlap")
-        rows.append({"measure": label, name_a: f"{a:.2f} [{lo_a:.2f}, {hi_a:.2f}]",
-                     name_b: f"{b:.2f} [{lo_b:.2f}, {hi_b:.2f}]", "difference (a - b)": round(a - b, 3),
-                     "in combined std": None, "verdict": verdict, "n": f"{n_a} / {n_b}"})
-        results += [M.MetricResult(f"{label} ({name_a})", a, None, None, n_a, "", "higher"),
-                    M.MetricResult(f"{label} ({name_b})", b, None, None, n_b, "", "higher")]
+            shares.append((label, checks_a[column].dropna().to_numpy(dtype=float),
+                           checks_b[column].dropna().to_numpy(dtype=float)))
+    for label, a, b in shares:
+        if not len(a) or not len(b):
+            continue
+        res_a, res_b = (M.with_ci(M.MetricResult(f"{label} ({name})", float(v.mean()), None, None,
+                                                 len(v), "share; CI: bootstrap over images",
+                                                 "higher"), M.mean_ci(v, n_boot, seed))
+                        for name, v in ((name_a, a), (name_b, b)))
+        diffs = M.bootstrap_statistic(lambda x, y: x.mean() - y.mean(), (a, b), n_boot, seed)
+        rows.append(_comparison_row(label, name_a, res_a, name_b, res_b,
+                                    res_a.value - res_b.value, M.percentile_interval(diffs),
+                                    f"{len(a)} / {len(b)}"))
+        results += [res_a, res_b]
     return RunComparison(pd.DataFrame(rows), results)
+
+
+def _comparison_row(measure: str, name_a: str, a: M.MetricResult, name_b: str, b: M.MetricResult,
+                    difference: float, interval: tuple[float, float], n: str) -> dict[str, Any]:
+    def shown(r: M.MetricResult) -> str:
+        return f"{r.value:.4f} [{r.ci_low:.4f}, {r.ci_high:.4f}]" if r.ci_low is not None \
+            else f"{r.value:.4f}"
+
+    return {"measure": measure, name_a: shown(a), name_b: shown(b),
+            "difference (a - b)": round(difference, 4),
+            "95 % CI of difference": f"[{interval[0]:.4f}, {interval[1]:.4f}]",
+            "verdict": M.verdict(interval, name_a, name_b), "n": n}
 
 
 def wilson_interval(share: float, n: int, z: float = 1.96) -> tuple[float, float]:

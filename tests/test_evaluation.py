@@ -186,3 +186,48 @@ def test_clip_rows_and_feature_choice(output_root):
     assert E.is_demo_run(sets, clip)
     with pytest.raises(ValueError, match="fidelity_features='fid'"):
         E.EvalConfig(fidelity_features="fid").check()
+
+
+def test_compare_runs_calls_a_difference_only_when_its_bootstrap_ci_excludes_zero():
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(80, 6))
+    same_a, same_b = rng.normal(size=(60, 6)), rng.normal(size=(60, 6))
+    shifted = rng.normal(1.0, 1.0, size=(60, 6))
+    checks_a = pd.DataFrame({"colour_match": [1.0] * 50 + [0.0] * 10, "conforms": [1.0] * 60})
+    checks_b = pd.DataFrame({"colour_match": [1.0] * 20 + [0.0] * 40, "conforms": [1.0] * 59 + [0.0]})
+    config = E.EvalConfig(kid_subsets=20, bootstrap_samples=100)
+    alike = E.compare_runs("a", same_a, checks_a, "b", same_b, checks_a, real, None, config, "x")
+    apart = E.compare_runs("a", same_a, checks_a, "b", shifted, checks_b, real, None, config, "x")
+    v_alike = dict(zip(alike.table["measure"], alike.table["verdict"], strict=True))
+    v_apart = dict(zip(apart.table["measure"], apart.table["verdict"], strict=True))
+    assert v_alike["KID vs real test"].startswith("no difference (95 % CI includes 0)")
+    assert v_alike["colour as asked"].startswith("no difference")
+    assert v_apart["KID vs real test"] == "b higher"  # the shifted run is further from real
+    assert v_apart["colour as asked"] == "a higher"    # 50/60 against 20/60
+    assert v_apart["passes photo checks"].startswith("no difference")  # 60/60 against 59/60
+    row = apart.table.set_index("measure").loc["colour as asked"]
+    assert row["difference (a - b)"] == pytest.approx(0.5)
+    lo, hi = (float(x) for x in row["95 % CI of difference"].strip("[]").split(","))
+    assert 0 < lo < 0.5 < hi
+    assert {r.name for r in apart.results} >= {"KID (a)", "KID (b)", "colour as asked (a)"}
+    assert all(r.ci_low is not None for r in apart.results)
+
+
+def test_every_row_of_the_faithful_set_has_its_n_and_a_ci(output_root):
+    sets = E.load_eval_sets(output_root, CATEGORY, "good")
+    feats = E.set_features(sets, M.PixelFeatures())
+    rows = E.fidelity_results(feats, CONFIG, "pixels")
+    checks = E.photo_checks(sets)
+    div, memo = E.diversity_and_memorisation(checks, feats, CONFIG, "pixels", E.pixel_features(sets))
+    named = {r.name: r for r in [*rows, *checks.results, *div]}
+    assert {"precision (synthetic)", "coverage (synthetic)", "Vendi score (synthetic, pixels)",
+            "Vendi score (real test, pixels)"} <= set(named)
+    for name in ("KID", "precision (synthetic)", "recall (synthetic)", "colour accuracy (real)",
+                 "Vendi score (synthetic, pixels)", "mean pairwise pHash distance (synthetic)",
+                 "nearest-train similarity (synthetic)"):
+        r = named[name]
+        assert r.ci_low is not None and r.ci_low <= r.value <= r.ci_high, r
+    assert named["Vendi score (synthetic, pixels)"].n_synthetic == 12  # = real test's N, subsampled
+    assert named["Vendi score (real test, pixels)"].n_real == 12

@@ -120,17 +120,36 @@ def test_extract_features_reads_paths_in_batches(tmp_path):
     assert np.allclose(feats[1], M.PixelFeatures()([Image.open(paths[1])])[0])
 
 
-def test_inception_needs_torch_fidelity_and_says_so(monkeypatch):
-    import importlib.util
-
+def test_inception_says_in_one_line_why_it_cannot_run_here():
     from shoelib import evaluation as E
 
+    why = M.inception_unavailable()
+    try:
+        import torch_fidelity  # noqa: F401
+        import torchvision  # noqa: F401
+    except Exception:  # noqa: BLE001 - this machine: torchvision does not import beside the pinned torch
+        assert why is not None and "\n" not in why
+        assert why.startswith("fidelity_features='inception' ")
+        assert "[inception]" in why and "fidelity_features='dinov2'" in why
+        for make in (M.inception_features, lambda: E.feature_extractor("inception", None)):
+            with pytest.raises(M.FeatureModelUnavailableError) as err:
+                make()
+            assert str(err.value) == why
+    else:
+        assert why is None
+
+
+def test_inception_missing_torch_fidelity_is_named(monkeypatch):
+    import importlib.util
+    import sys
+    import types
+
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",  # as on a machine without it
+    monkeypatch.setitem(sys.modules, "torchvision", types.ModuleType("torchvision"))
+    monkeypatch.setattr(importlib.util, "find_spec",  # as on a machine with torchvision only
                         lambda name, *a: None if name == "torch_fidelity" else real_find_spec(name, *a))
-    for make in (M.inception_features, lambda: E.feature_extractor("inception", None)):
-        with pytest.raises(ModuleNotFoundError, match="needs torch-fidelity .*fidelity_features='clip'"):
-            make()
+    with pytest.raises(M.FeatureModelUnavailableError, match="needs torch-fidelity .*'.\\[inception\\]'"):
+        M.inception_features()
 
 
 class MeanColourNet:
@@ -159,6 +178,8 @@ def test_inception_features_feed_uint8_batches_of_one_size_and_return_float64(tm
     np.testing.assert_allclose(feats, [[200, 30, 40], [40, 90, 190], [40, 135, 60]])
     described = extractor.describe()
     assert described["dim"] == 2048 and "torch-fidelity" in described["extractor"]
+    assert "interpolate_bilinear_2d_like_tensorflow1x to 299x299" in described["resize"]
+    assert "torch-fidelity" in described["versions"]
 
 
 # --- CLIP
@@ -303,11 +324,210 @@ def test_memorisation_flags_a_copied_training_image():
 
 def test_results_table_has_every_field():
     table = M.results_table([M.MetricResult("KID", 0.1, 0.01, 10, 20, "n", "lower")])
-    assert list(table.columns) == ["name", "value", "std", "n_real", "n_synthetic", "note", "better"]
+    assert list(table.columns) == ["name", "value", "std", "n_real", "n_synthetic", "note", "better",
+                                   "ci_low", "ci_high"]
 
 
 def test_results_table_keeps_counts_integer_when_some_are_missing():
     table = M.results_table([M.MetricResult("KID", 0.1, 0.01, 20, None, "n", "lower"),
                              M.MetricResult("FID", None, None, 20, 32, "n", "lower")])
-    assert table.to_csv(index=False).splitlines()[1:] == ["KID,0.1,0.01,20,,n,lower",
-                                                          "FID,,,20,32,n,lower"]
+    assert table.to_csv(index=False).splitlines()[1:] == ["KID,0.1,0.01,20,,n,lower,,",
+                                                          "FID,,,20,32,n,lower,,"]
+
+
+# --- precision / recall / density / coverage
+
+
+def brute_force_prdc(real: np.ndarray, fake: np.ndarray, k: int) -> dict[str, float]:
+    """Naeem et al. 2020, eq. 1-4, one loop per image (no shared code with shoelib or prdc)."""
+    def dist(a, b):
+        return float(np.sqrt(np.sum((a - b) ** 2)))
+
+    def radius(points, i):
+        return sorted(dist(points[i], points[j]) for j in range(len(points)) if j != i)[k - 1]
+
+    r_real = [radius(real, i) for i in range(len(real))]
+    r_fake = [radius(fake, j) for j in range(len(fake))]
+    precision = np.mean([any(dist(y, real[i]) < r_real[i] for i in range(len(real))) for y in fake])
+    recall = np.mean([any(dist(x, fake[j]) < r_fake[j] for j in range(len(fake))) for x in real])
+    density = np.mean([sum(dist(y, real[i]) < r_real[i] for i in range(len(real))) / k for y in fake])
+    coverage = np.mean([min(dist(real[i], y) for y in fake) < r_real[i] for i in range(len(real))])
+    return {"precision": precision, "recall": recall, "density": density, "coverage": coverage}
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_prdc_matches_a_brute_force_reference(k):
+    rng = np.random.default_rng(k)
+    real, fake = rng.normal(size=(40, 4)), rng.normal(0.7, 1.3, size=(30, 4))
+    expected = brute_force_prdc(real, fake, k)
+    assert M.prdc(real, fake, k) == pytest.approx(expected, abs=1e-12)
+    terms = M.prdc_per_image(real, fake, k)
+    assert {m: terms[m].mean() for m in terms} == pytest.approx(expected, abs=1e-12)
+    rows = {r.name: r for r in M.prdc_results(real, fake, k=k, n_boot=200)}
+    for name, value in expected.items():
+        row = rows[f"{name} (synthetic)"]
+        assert row.value == pytest.approx(value) and row.n_real == 40 and row.n_synthetic == 30
+        assert row.ci_low <= row.value <= row.ci_high
+
+
+def test_prdc_separates_fidelity_from_diversity_and_needs_k_plus_one_images():
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(200, 2))
+    collapsed = rng.normal(0, 0.05, size=(200, 2))  # good images of one kind
+    off = rng.normal(6.0, 1.0, size=(200, 2))         # varied images off the real manifold
+    c, o = M.prdc(real, collapsed), M.prdc(real, off)
+    assert c["precision"] > 0.95 and c["coverage"] < 0.2 and c["recall"] < 0.2
+    assert o["precision"] < 0.05 and o["coverage"] < 0.05
+    few = M.prdc_results(real, collapsed[:5], k=5)
+    assert few[0].value is None and "needs at least 6 synthetic images; got 5" in few[0].note
+
+
+# --- Vendi score
+
+
+def test_vendi_score_is_the_eigenvalue_definition_and_counts_distinct_images():
+    rng = np.random.default_rng(0)
+    def by_eigenvalues(x):
+        unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+        eig = np.linalg.eigvalsh(unit @ unit.T / len(x))
+        eig = eig[eig > 1e-12]
+        return float(np.exp(-np.sum(eig * np.log(eig))))
+
+    x = rng.normal(size=(30, 50))
+    assert M.vendi_score(x) == pytest.approx(by_eigenvalues(x), rel=1e-9)
+    # d < N: computed from the d x d matrix, the same value
+    assert M.vendi_score(x[:, :10]) == pytest.approx(by_eigenvalues(x[:, :10]), rel=1e-9)
+    assert M.vendi_score(np.tile(x[:1], (8, 1))) == pytest.approx(1.0)
+    assert M.vendi_score(np.eye(6)) == pytest.approx(6.0)
+    two_kinds = np.repeat(np.eye(2), 10, axis=0)
+    assert M.vendi_score(two_kinds) == pytest.approx(2.0)
+
+
+def test_vendi_results_compare_sets_at_the_same_n_with_a_jackknife_ci():
+    rng = np.random.default_rng(1)
+    varied, copies = rng.normal(size=(60, 40)), np.repeat(np.eye(40)[:3], 8, axis=0)
+    rows = {r.name: r for r in M.vendi_results({"synthetic": copies, "real test": varied}, "x")}
+    syn, real = rows["Vendi score (synthetic, x)"], rows["Vendi score (real test, x)"]
+    assert syn.n_synthetic == real.n_real == 24  # the larger set subsampled to the smaller's N
+    assert syn.value == pytest.approx(3.0, rel=1e-6) and real.value > 15
+    assert real.ci_low < real.value < real.ci_high and syn.ci_high < real.ci_low
+
+
+# --- confidence intervals
+
+
+def test_mean_ci_covers_the_mean_and_narrows_with_n():
+    rng = np.random.default_rng(0)
+    small, large = rng.normal(size=20), rng.normal(size=2000)
+    lo_s, hi_s = M.mean_ci(small, seed=1)
+    lo_l, hi_l = M.mean_ci(large, seed=1)
+    assert lo_s < small.mean() < hi_s and lo_l < large.mean() < hi_l
+    assert (hi_l - lo_l) < 0.3 * (hi_s - lo_s)
+    assert (hi_l - lo_l) == pytest.approx(2 * 1.96 / np.sqrt(2000), rel=0.15)
+    assert M.mean_ci(np.array([1.0]))[0] != M.mean_ci(np.array([1.0]))[0]  # nan below 2
+
+
+def test_kid_fid_cmmd_carry_95_percent_cis():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(120, 6)), rng.normal(0.4, 1.0, size=(120, 6))
+    kid = M.kid(a, b, subsets=50, seed=0)
+    fid = M.fid(a, b, n_boot=50)
+    cmmd = M.cmmd(a, b, n_boot=50)
+    for r in (kid, fid, cmmd):
+        assert r.ci_low < r.value < r.ci_high, r
+    assert fid.ci_low > 0 and "bootstrap" in fid.note
+    assert M.kid(a[:5], b, min_images=20).ci_low is None
+
+
+def test_verdict_calls_a_difference_only_when_the_ci_excludes_zero():
+    assert M.verdict((0.1, 0.3), "a", "b") == "a higher"
+    assert M.verdict((-0.3, -0.01), "a", "b") == "b higher"
+    assert M.verdict((-0.1, 0.2), "a", "b").startswith("no difference")
+
+
+def test_memorisation_flags_pairs_above_a_fixed_copy_threshold():
+    train = RNG.normal(size=(50, 8))
+    test = RNG.normal(size=(30, 8))
+    synthetic = np.vstack([RNG.normal(size=(9, 8)), train[[3, 17]] + 1e-6])
+    report = M.memorisation(synthetic, train, test, threshold=0.99)
+    assert report.threshold == 0.99
+    assert sorted(report.flagged["train_index"]) == [3, 17]
+    share = {r.name: r for r in report.results}["memorisation: share closer than real"]
+    assert share.value == pytest.approx(2 / 11) and "copy threshold" in share.note
+    assert share.ci_low < share.value < share.ci_high
+
+
+# --- hub-loaded models: DINOv2 and SSCD, offline with tiny random weights
+
+
+@pytest.fixture(scope="module")
+def tiny_dinov2(tmp_path_factory):
+    """A random 2-layer Dinov2Model and a model-card-style image processor saved to a folder."""
+    from transformers import BitImageProcessorPil, Dinov2Config, Dinov2Model
+
+    folder = tmp_path_factory.mktemp("dinov2")
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                             intermediate_size=64, image_size=28, patch_size=14)).save_pretrained(folder)
+    BitImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 28, "width": 28},
+                         resample=Image.Resampling.BICUBIC, image_mean=[0.485, 0.456, 0.406],
+                         image_std=[0.229, 0.224, 0.225]).save_pretrained(folder)
+    return folder
+
+
+def test_dinov2_loads_from_a_folder_and_preprocesses_as_its_processor_says(tiny_dinov2):
+    from shoelib import evaluation as E
+
+    extractor, note = E.feature_extractor("dinov2", None, dinov2_model=str(tiny_dinov2))
+    images = [product_photo(size=64), product_photo((40, 90, 190), size=50)]
+    feats = extractor(images)
+    assert feats.shape == (2, 32) and feats.dtype == np.float64 and "DINOv2" in note
+    pixels = extractor.processor(images=images, return_tensors="pt")["pixel_values"]
+    assert tuple(pixels.shape) == (2, 3, 28, 28)
+    corner = (np.array([255, 255, 255]) / 255 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+    np.testing.assert_allclose(pixels[0, :, 0, 0].numpy(), corner, rtol=1e-4)  # white, normalised
+    with torch.inference_mode():
+        direct = extractor.model(pixel_values=pixels).pooler_output.numpy()
+    np.testing.assert_allclose(feats, direct, rtol=1e-5)
+    info = extractor.describe()
+    assert info["dim"] == 32 and "bicubic shortest edge 32, centre crop 28x28" in info["resize"]
+
+
+def test_dinov2_missing_model_is_one_line_with_the_download_command(tmp_path):
+    with pytest.raises(M.FeatureModelUnavailableError) as err:
+        M.DinoFeatures(str(tmp_path / "dinov2-large"))
+    message = str(err.value)
+    assert "\n" not in message and "dinov2_model=" in message
+    assert f"hf download {tmp_path / 'dinov2-large'} --local-dir models/dinov2-large" in message
+
+
+class _TinyDescriptor(torch.nn.Module):
+    """A stand-in for the SSCD TorchScript: mean colour and size of the input, as 5 numbers."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = torch.tensor([[float(x.shape[2]), float(x.shape[3])]]).repeat(x.shape[0], 1)
+        return torch.cat([x.mean(dim=(2, 3)), size], dim=1)
+
+
+def test_sscd_torchscript_by_path_preprocessing_and_normalised_descriptors(tmp_path):
+    path = tmp_path / "sscd_disc_mixup.torchscript.pt"
+    torch.jit.save(torch.jit.script(_TinyDescriptor()), str(path))
+    sscd = M.SscdFeatures(path)
+    red, wide = product_photo(size=64), product_photo((40, 90, 190), size=100).resize((200, 100))
+    x = sscd.tensor(red)
+    assert tuple(x.shape) == (1, 3, 288, 288)  # shortest edge to 288
+    assert tuple(sscd.tensor(wide).shape) == (1, 3, 288, 576)  # aspect ratio kept
+    white = (1.0 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    np.testing.assert_allclose(x[0, :, 0, 0].numpy(), white, rtol=1e-5)
+    feats = sscd([red, wide])
+    assert feats.shape == (2, 5) and np.allclose(np.linalg.norm(feats, axis=1), 1.0)
+    assert M.SSCD_COPY_THRESHOLD == 0.75 and sscd.describe()["copy_threshold"] == 0.75
+
+
+def test_sscd_missing_file_is_one_line_with_the_download_command(tmp_path):
+    path = tmp_path / "sscd_disc_mixup.torchscript.pt"
+    with pytest.raises(M.FeatureModelUnavailableError) as err:
+        M.SscdFeatures(path)
+    message = str(err.value)
+    assert "\n" not in message and f"curl -L -o {path} " in message
+    assert message.endswith("sscd_disc_mixup.torchscript.pt")

@@ -1,12 +1,15 @@
 """Measures of a synthetic image set against real product photos, one module per family:
 
 - `results`: the `MetricResult` row every measure returns (value, CI and N, or None and why);
-- `features`: feature extractors (weight-free pixels, the demo's image encoder, Inception);
+- `features`: feature extractors (weight-free pixels, the demo's image encoder, DINOv2,
+  Inception) and the SSCD copy-detection descriptor;
 - `clip`: CLIP embeddings and the CLIP score (text alignment);
 - `distances`: KID, FD/FID and CMMD between two feature sets;
 - `photo`: weight-free photo checks (dominant colour, product-photo conformity);
-- `diversity`: perceptual-hash near duplicates, pairwise distances;
-- `memorisation`: nearest training image of each synthetic one.
+- `precision_recall`: precision, recall, density, coverage (k nearest neighbours);
+- `diversity`: the Vendi score, perceptual-hash near duplicates, pairwise distances;
+- `memorisation`: nearest training image of each synthetic one, copies flagged;
+- `uncertainty`: bootstrap confidence intervals, the verdict on a difference between runs.
 
 Everything is re-exported here, so `from shoelib import metrics as M; M.kid(...)` works.
 """
@@ -34,14 +37,24 @@ from shoelib.metrics.diversity import (
                                   mean_pairwise_cosine_distance,
                                   near_duplicates,
                                   phash,
+                                  vendi_interval,
+                                  vendi_results,
+                                  vendi_score,
 )
 from shoelib.metrics.features import (
+                                  DINOV2_DEFAULT,
+                                  SSCD_COPY_THRESHOLD,
+                                  DinoFeatures,
                                   EncoderFeatures,
                                   FeatureExtractor,
+                                  FeatureModelUnavailableError,
                                   PixelFeatures,
+                                  RawPixels,
+                                  SscdFeatures,
                                   batches,
                                   extract_features,
                                   inception_features,
+                                  inception_unavailable,
                                   library_versions,
 )
 from shoelib.metrics.memorisation import MemorisationReport, memorisation, nearest_neighbours
@@ -60,4 +73,14 @@ from shoelib.metrics.photo import (
                                   photo_measures,
                                   srgb_to_lab,
 )
+from shoelib.metrics.precision_recall import prdc, prdc_per_image, prdc_results
 from shoelib.metrics.results import MetricResult, TooFewImagesError, require_images, results_table
+from shoelib.metrics.uncertainty import (
+                                  bootstrap_means,
+                                  bootstrap_statistic,
+                                  mean_ci,
+                                  normal_interval,
+                                  percentile_interval,
+                                  verdict,
+                                  with_ci,
+)

@@ -5,6 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from shoelib.metrics.results import MetricResult, TooFewImagesError, require_images
+from shoelib.metrics.uncertainty import (
+    bootstrap_statistic,
+    normal_interval,
+    percentile_interval,
+    with_ci,
+)
 
 # --- fidelity
 
@@ -14,15 +20,16 @@ def polynomial_mmd(x: np.ndarray, y: np.ndarray, degree: int = 3, gamma: float |
     """Unbiased squared MMD with the cubic polynomial kernel (the KID estimator).
 
     k(a, b) = (gamma * a.b + coef) ** degree, gamma = 1 / d by default (Binkowski et al. 2018).
-    x and y must have the same number of rows.
+    x and y may have different numbers of rows.
     """
-    m = x.shape[0]
+    n, m = x.shape[0], y.shape[0]
     gamma = 1.0 / x.shape[1] if gamma is None else gamma
     k_xx = (x @ x.T * gamma + coef) ** degree
     k_yy = (y @ y.T * gamma + coef) ** degree
     k_xy = (x @ y.T * gamma + coef) ** degree
-    within = (k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
-    return float(within - 2.0 * k_xy.sum() / m**2)
+    within = ((k_xx.sum() - np.trace(k_xx)) / (n * (n - 1))
+              + (k_yy.sum() - np.trace(k_yy)) / (m * (m - 1)))
+    return float(within - 2.0 * k_xy.sum() / (n * m))
 
 
 def kid(real: np.ndarray, fake: np.ndarray, *, subsets: int = 100, subset_size: int = 1000,
@@ -53,10 +60,12 @@ def kid(real: np.ndarray, fake: np.ndarray, *, subsets: int = 100, subset_size: 
         polynomial_mmd(real[rng.choice(n_r, m, replace=False)], fake[rng.choice(n_f, m, replace=False)])
         for _ in range(subsets)
     ])
-    note = f"{subsets} subsets of {m} per set; features: {feature_space or 'unnamed'}"
+    note = (f"{subsets} subsets of {m} per set (std and 95 % CI: the spread over subsets); "
+            f"features: {feature_space or 'unnamed'}")
     if min(n_r, n_f) < 1000:
         note += "; N < 1000: compare runs only at the same N"
-    return MetricResult("KID", float(values.mean()), float(values.std()), n_r, n_f, note, "lower")
+    result = MetricResult("KID", float(values.mean()), float(values.std()), n_r, n_f, note, "lower")
+    return with_ci(result, percentile_interval(values))
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
@@ -67,7 +76,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 
 
 def fid(real: np.ndarray, fake: np.ndarray, *, min_images: int | None = None,
-        feature_space: str = "") -> MetricResult:
+        feature_space: str = "", n_boot: int = 200, seed: int = 0) -> MetricResult:
     """Fréchet distance between Gaussian fits of the two feature sets.
 
     Needs more images than feature dimensions (d + 1 by default), or the covariance is
@@ -81,11 +90,21 @@ def fid(real: np.ndarray, fake: np.ndarray, *, min_images: int | None = None,
         require_images(f"FID on {fake.shape[1] if fake.ndim == 2 else 0}-d features", "synthetic", n_f, need)
     except TooFewImagesError as err:
         return MetricResult("FID", None, None, n_r, n_f, f"{err}; KID is the primary metric", "lower")
-    value = frechet_distance(real.mean(0), np.cov(real, rowvar=False),
-                             fake.mean(0), np.cov(fake, rowvar=False))
+    value = frechet(real, fake)
     note = (f"N={min(n_r, n_f)}: FID is biased upward at small N (thousands needed); compare "
-            f"only at equal N; features: {feature_space or 'unnamed'}")
-    return MetricResult("FID", value, None, n_r, n_f, note, "lower")
+            f"only at equal N; CI: value ± 1.96 std of {n_boot} bootstrap resamples of both sets; features: "
+            f"{feature_space or 'unnamed'}")
+    result = MetricResult("FID", value, None, n_r, n_f, note, "lower")
+    if n_boot:
+        result = with_ci(result, normal_interval(
+            value, bootstrap_statistic(frechet, (real, fake), n_boot, seed)))
+    return result
+
+
+def frechet(real: np.ndarray, fake: np.ndarray) -> float:
+    """Fréchet distance between the Gaussian fits of two feature matrices."""
+    return frechet_distance(real.mean(0), np.cov(real, rowvar=False),
+                            fake.mean(0), np.cov(fake, rowvar=False))
 
 
 def rbf_mmd(x: np.ndarray, y: np.ndarray, sigma: float = 10.0, scale: float = 1000.0) -> float:
@@ -100,7 +119,7 @@ def rbf_mmd(x: np.ndarray, y: np.ndarray, sigma: float = 10.0, scale: float = 10
 
 
 def cmmd(real_clip: np.ndarray, fake_clip: np.ndarray, *, min_images: int = 20,
-         clip_name: str = "") -> MetricResult:
+         clip_name: str = "", n_boot: int = 200, seed: int = 0) -> MetricResult:
     """CMMD (Jayasumana et al. 2024): RBF MMD (sigma 10, x1000) on L2-normalised CLIP embeddings."""
     n_r, n_f = len(real_clip), len(fake_clip)
     try:
@@ -108,9 +127,14 @@ def cmmd(real_clip: np.ndarray, fake_clip: np.ndarray, *, min_images: int = 20,
         require_images("CMMD", "synthetic", n_f, min_images)
     except TooFewImagesError as err:
         return MetricResult("CMMD", None, None, n_r, n_f, str(err), "lower")
-    value = rbf_mmd(_l2(real_clip), _l2(fake_clip))
-    return MetricResult("CMMD", value, None, n_r, n_f,
-                        f"CLIP {clip_name}; sigma=10, scale=1000, V-statistic", "lower")
+    real_clip, fake_clip = _l2(real_clip), _l2(fake_clip)
+    result = MetricResult("CMMD", rbf_mmd(real_clip, fake_clip), None, n_r, n_f,
+                          f"CLIP {clip_name}; sigma=10, scale=1000, V-statistic; CI: value ± "
+                          f"1.96 std of {n_boot} bootstrap resamples", "lower")
+    if n_boot:
+        result = with_ci(result, normal_interval(
+            result.value, bootstrap_statistic(rbf_mmd, (real_clip, fake_clip), n_boot, seed)))
+    return result
 
 
 def _l2(x: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Diversity of one image set: perceptual-hash near duplicates and mean pairwise distances."""
+"""Diversity of one image set: the Vendi score, perceptual-hash near duplicates and mean
+pairwise distances."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from scipy import fft
 
 from shoelib.metrics.distances import _l2
 from shoelib.metrics.results import MetricResult
+from shoelib.metrics.uncertainty import mean_ci, with_ci
 
 # --- perceptual hashes and diversity
 
@@ -77,23 +79,90 @@ def mean_pairwise_cosine_distance(features: np.ndarray) -> float:
 
 
 def diversity_results(bits: np.ndarray, features: np.ndarray, which: str,
-                      threshold: int = 6) -> list[MetricResult]:
-    """Near-duplicate rate (pHash within `threshold` bits) and mean pairwise distances."""
+                      threshold: int = 6, n_boot: int = 1000, seed: int = 0) -> list[MetricResult]:
+    """Near-duplicate rate (pHash within `threshold` bits) and mean pairwise distances.
+
+    CIs resample each image's own term (has a near duplicate; its mean distance to the
+    others) over images: resampling the images themselves would make duplicates.
+    """
     n = len(bits)
     n_key = "n_synthetic" if which == "synthetic" else "n_real"
     if n < 2:
         msg = f"diversity needs at least 2 images; got {n}"
         return [MetricResult(f"near-duplicate rate ({which})", None, note=msg, **{n_key: n})]
-    rate, _ = near_duplicates(bits, threshold)
-    dist = hamming_matrix(bits, bits)
-    mean_bits = float((dist.sum() - np.trace(dist)) / (n * (n - 1)))
-    return [
-        MetricResult(f"near-duplicate rate ({which})", rate,
-                     note=f"share with another image within {threshold} pHash bits",
-                     better="lower", **{n_key: n}),
-        MetricResult(f"mean pairwise pHash distance ({which})", mean_bits,
-                     note="bits of 64", better="higher", **{n_key: n}),
-        MetricResult(f"mean pairwise feature distance ({which})",
-                     mean_pairwise_cosine_distance(features), note="1 - cosine",
-                     better="higher", **{n_key: n}),
-    ]
+    dist = hamming_matrix(bits, bits).astype(np.float64)
+    np.fill_diagonal(dist, np.nan)
+    has_duplicate = (np.nan_to_num(dist, nan=bits.shape[1] + 1) <= threshold).any(axis=1).astype(float)
+    bits_to_others = np.nanmean(dist, axis=1)
+    x = _l2(features)
+    sim = x @ x.T
+    np.fill_diagonal(sim, np.nan)
+    cos_to_others = 1.0 - np.nanmean(sim, axis=1) if len(features) == n else np.full(n, np.nan)
+    rows = []
+    for name, terms, note, better in (
+            ("near-duplicate rate", has_duplicate,
+             f"share with another image within {threshold} pHash bits", "lower"),
+            ("mean pairwise pHash distance", bits_to_others, "bits of 64", "higher"),
+            ("mean pairwise feature distance", cos_to_others, "1 - cosine", "higher")):
+        value = float(np.mean(terms)) if np.isfinite(terms).all() else None
+        rows.append(with_ci(MetricResult(f"{name} ({which})", value, note=note, better=better,
+                                         **{n_key: n}), mean_ci(terms, n_boot, seed)))
+    return rows
+
+
+# --- Vendi score (Friedman & Dieng 2023)
+
+
+def vendi_score(features: np.ndarray) -> float:
+    """The effective number of distinct images: exp of the entropy of the eigenvalues of
+    K / N, K the cosine-similarity kernel (`vendi_score.vendi`, its authors' package).
+
+    N identical images score 1, N mutually orthogonal ones N.
+    """
+    import warnings
+
+    from vendi_score import vendi
+
+    with warnings.catch_warnings():  # the package reads a scipy namespace deprecated in 1.8
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if features.shape[1] < len(features):  # same eigenvalues from the smaller d x d matrix
+            return float(vendi.score_dual(features, normalize=True))
+        return float(vendi.score_X(features, normalize=True))
+
+
+def vendi_interval(features: np.ndarray, groups: int = 20, z: float = 1.96) -> tuple[float, float]:
+    """95 % CI of the Vendi score by the delete-a-group jackknife over images.
+
+    Not the bootstrap: a resample with replacement repeats images, and repeated images are
+    exactly what the Vendi score counts down.
+    """
+    n = len(features)
+    groups = min(groups, n)
+    if groups < 3:
+        return float("nan"), float("nan")
+    fold = np.arange(n) % groups
+    leave_out = np.array([vendi_score(features[fold != g]) for g in range(groups)])
+    se = np.sqrt((groups - 1) / groups * np.sum((leave_out - leave_out.mean()) ** 2))
+    value = vendi_score(features)
+    return float(value - z * se), float(value + z * se)
+
+
+def vendi_results(sets: dict[str, np.ndarray], space: str, seed: int = 0) -> list[MetricResult]:
+    """The Vendi score of each set (e.g. real test and synthetic) at the same N: larger sets
+    are subsampled (without replacement, `seed`) to the smallest one's size."""
+    n = min(len(f) for f in sets.values())
+    rng = np.random.default_rng(seed)
+    out = []
+    for which, feats in sets.items():
+        n_key = "n_synthetic" if which == "synthetic" else "n_real"
+        name = f"Vendi score ({which}, {space})"
+        if n < 2:
+            out.append(MetricResult(name, None, note=f"needs at least 2 images in every set; got {n}",
+                                    **{n_key: len(feats)}))
+            continue
+        sample = feats[np.sort(rng.choice(len(feats), n, replace=False))] if len(feats) > n else feats
+        result = MetricResult(name, vendi_score(sample), note=(
+            f"effective number of distinct images of {n} (cosine kernel; every set at the same "
+            "N); CI: delete-a-group jackknife"), better="higher", **{n_key: n})
+        out.append(with_ci(result, vendi_interval(sample)))
+    return out

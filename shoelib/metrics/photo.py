@@ -17,6 +17,7 @@ from scipy import ndimage
 from shoelib.images import open_rgb
 from shoelib.metrics.diversity import dhash, hash_hex, phash
 from shoelib.metrics.results import MetricResult
+from shoelib.metrics.uncertainty import mean_ci, with_ci
 
 # --- colour: a palette of the catalogue's colour names
 
@@ -219,7 +220,7 @@ def measure_photos(paths: Sequence[str | Path], thresholds: PhotoThresholds = Ph
 
 
 def colour_faithfulness(asked: Sequence[str | None], found: Sequence[str | None],
-                        which: str = "synthetic") -> tuple[MetricResult, pd.DataFrame]:
+                        which: str = "synthetic", seed: int = 0) -> tuple[MetricResult, pd.DataFrame]:
     """Accuracy of the dominant colour against the colour asked for (or labelled), and the
     confusion matrix (rows: asked, columns: found).
 
@@ -238,27 +239,32 @@ def colour_faithfulness(asked: Sequence[str | None], found: Sequence[str | None]
     labels = [n for n in _PALETTE_NAMES if n in set(a) | set(f)] + (["(none)"] if "(none)" in f else [])
     confusion = pd.crosstab(pd.Series(a, name="asked"), pd.Series(f, name="found"))
     confusion = confusion.reindex(index=[n for n in labels if n in set(a)], columns=labels, fill_value=0)
-    acc = float(np.mean([x == y for x, y in kept]))
+    matches = np.array([x == y for x, y in kept], dtype=float)
     note = f"dominant foreground colour vs {'prompt' if which == 'synthetic' else 'label'}"
     if left_out:
         note += f"; {left_out} images with no palette colour (e.g. Multi) left out"
-    return MetricResult(f"colour accuracy ({which})", acc, None, note=note, better="higher",
-                        **{n_key: len(kept)}), confusion
+    result = MetricResult(f"colour accuracy ({which})", float(matches.mean()), None, note=note,
+                          better="higher", **{n_key: len(kept)})
+    return with_ci(result, mean_ci(matches, seed=seed)), confusion
 
 
-def conformity_results(measures: pd.DataFrame, which: str) -> list[MetricResult]:
-    """Share of conforming photos and the mean of each conformity measure for one image set."""
+def conformity_results(measures: pd.DataFrame, which: str, seed: int = 0) -> list[MetricResult]:
+    """Share of conforming photos and the mean of each conformity measure for one image set,
+    each with a 95 % bootstrap CI over images."""
     n = len(measures)
     n_key = "n_synthetic" if which == "synthetic" else "n_real"
     if n == 0:
         return [MetricResult(f"conforming photos ({which})", None, note="no images", **{n_key: 0})]
-    out = [MetricResult(f"conforming photos ({which})", float(measures["conforming"].mean()),
-                        note="white background, centred, in frame, plausible size (share)",
-                        better="higher", **{n_key: n})]
+    conforming = measures["conforming"].astype(float).to_numpy()
+    out = [with_ci(MetricResult(f"conforming photos ({which})", float(conforming.mean()),
+                                note="white background, centred, in frame, plausible size (share)",
+                                better="higher", **{n_key: n}), mean_ci(conforming, seed=seed))]
     for col, label, better in (("whiteness", "background whiteness", "higher"),
                                ("centre_offset", "centre offset", "lower"),
                                ("edge_foreground", "object on frame edge", "lower")):
         values = measures[col].astype(float)
-        out.append(MetricResult(f"{label} ({which})", float(values.mean()), float(values.std(ddof=0)),
-                                note="mean ± std over images", better=better, **{n_key: n}))
+        out.append(with_ci(MetricResult(f"{label} ({which})", float(values.mean()),
+                                        float(values.std(ddof=0)), note="mean ± std over images",
+                                        better=better, **{n_key: n}),
+                           mean_ci(values.to_numpy(), seed=seed)))
     return out

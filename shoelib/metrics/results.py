@@ -23,6 +23,8 @@ class MetricResult:
         n_synthetic: synthetic images it used (None if none).
         note: how to read it, or why `value` is None and what would fix it.
         better: "lower", "higher" or "" (no direction).
+        ci_low, ci_high: 95 % confidence interval of `value` (bootstrap over images unless
+            `note` says otherwise); None where none was computed.
     """
 
     name: str
@@ -32,6 +34,8 @@ class MetricResult:
     n_synthetic: int | None = None
     note: str = ""
     better: str = ""
+    ci_low: float | None = None
+    ci_high: float | None = None
 
     def as_row(self) -> dict[str, Any]:
         return asdict(self)
