@@ -9,7 +9,8 @@
 - `precision_recall`: precision, recall, density, coverage (k nearest neighbours);
 - `diversity`: the Vendi score, perceptual-hash near duplicates, pairwise distances;
 - `memorisation`: nearest training image of each synthetic one, copies flagged;
-- `uncertainty`: bootstrap confidence intervals, the verdict on a difference between runs.
+- `uncertainty`: bootstrap confidence intervals, the verdict on a difference between runs;
+- `controls`: controlled sets built from real photos (sanity checks), the sample-size guide.
 
 Everything is re-exported here, so `from shoelib import metrics as M; M.kid(...)` works.
 """
