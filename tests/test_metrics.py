@@ -230,8 +230,10 @@ def test_clip_features_are_raw_embeddings_and_describe_resize(clip):
 
 def test_load_clip_none_and_missing_folder(tmp_path):
     assert M.load_clip("none") is None
-    with pytest.raises(M.ClipUnavailableError, match="clip_model=.*'none' to skip"):
+    with pytest.raises(M.ClipUnavailableError, match="clip_model=.*'none' to skip") as err:
         M.load_clip(str(tmp_path / "no-such-clip"))
+    assert "\n" not in str(err.value)
+    assert f"hf download {tmp_path / 'no-such-clip'} --local-dir models/no-such-clip" in str(err.value)
 
 
 # --- colour, conformity

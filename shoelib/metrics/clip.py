@@ -63,10 +63,12 @@ def load_clip(name: str, device: str = "cpu") -> ClipBundle | None:
         model = CLIPModel.from_pretrained(name).eval().to(device)
         processor = CLIPProcessor.from_pretrained(name)
     except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        local = f"models/{Path(name).name}"
         raise ClipUnavailableError(
-            f"clip_model={name!r} could not be loaded ({type(err).__name__}: {err}). Use a hub "
-            "id on a machine with network access (openai/clip-vit-large-patch14), a local "
-            "folder saved with save_pretrained, or 'none' to skip CLIP score and CMMD."
+            f"clip_model={name!r} could not be loaded ({type(err).__name__}: {first}). Fetch it "
+            f"on a machine with network access: hf download {name} --local-dir {local} (then "
+            f"set clip_model: {local}), or use 'none' to skip CLIP score and CMMD."
         ) from None
     return ClipBundle(model, processor, name, random_weights=False, device=device)
 
