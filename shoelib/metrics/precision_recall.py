@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 
 import numpy as np
 
@@ -26,11 +27,20 @@ from shoelib.metrics.uncertainty import mean_ci, with_ci
 MEASURES = ("precision", "recall", "density", "coverage")
 
 
+@contextlib.contextmanager
+def _quiet():
+    """prdc prints a line per call, and its sklearn pairwise_distances(n_jobs=8) warns about
+    joblib configuration each time: neither says anything about the measure."""
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module="sklearn")
+        yield
+
+
 def prdc(real: np.ndarray, fake: np.ndarray, k: int = 5) -> dict[str, float]:
-    """`prdc.compute_prdc` (its progress line silenced)."""
+    """`prdc.compute_prdc` (quietly)."""
     from prdc import compute_prdc
 
-    with contextlib.redirect_stdout(io.StringIO()):
+    with _quiet():
         values = compute_prdc(real_features=real, fake_features=fake, nearest_k=k)
     return {name: float(values[name]) for name in MEASURES}
 
@@ -40,9 +50,10 @@ def prdc_per_image(real: np.ndarray, fake: np.ndarray, k: int = 5) -> dict[str, 
     synthetic image, recall and coverage per real image (prdc's own distance functions)."""
     from prdc.prdc import compute_nearest_neighbour_distances, compute_pairwise_distance
 
-    real_radii = compute_nearest_neighbour_distances(real, k)
-    fake_radii = compute_nearest_neighbour_distances(fake, k)
-    dist = compute_pairwise_distance(real, fake)  # (real, fake)
+    with _quiet():
+        real_radii = compute_nearest_neighbour_distances(real, k)
+        fake_radii = compute_nearest_neighbour_distances(fake, k)
+        dist = compute_pairwise_distance(real, fake)  # (real, fake)
     inside_real = dist < real_radii[:, None]
     return {"precision": inside_real.any(axis=0).astype(float),
             "recall": (dist < fake_radii[None, :]).any(axis=1).astype(float),
