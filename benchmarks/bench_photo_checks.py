@@ -32,6 +32,7 @@ import numpy as np
 
 from shoelib import classifier as C
 from shoelib import metrics as M
+from shoelib.images import open_rgb
 from shoelib.catalog import read_styles, select_category
 
 CHROMATIC_SHARES = tuple(round(0.05 * k, 2) for k in range(1, 20))
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 1. colour agreement: tune on A, report on B
     shipped = M.PhotoThresholds()
-    pixels = {k: [M.analysis_pixels(M.open_rgb(p), shipped) for p, _ in v] for k, v in split.items()}
+    pixels = {k: [M.analysis_pixels(open_rgb(p), shipped) for p, _ in v] for k, v in split.items()}
     labels = {k: [c for _, c in v] for k, v in split.items()}
     grid = {(chroma, share): agreement(pixels["A"], labels["A"], chroma, share)
             for chroma, share in itertools.product(CHROMAS, CHROMATIC_SHARES)}
