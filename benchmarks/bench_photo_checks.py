@@ -32,8 +32,8 @@ import numpy as np
 
 from shoelib import classifier as C
 from shoelib import metrics as M
-from shoelib.images import open_rgb
 from shoelib.catalog import read_styles, select_category
+from shoelib.images import open_rgb
 
 CHROMATIC_SHARES = tuple(round(0.05 * k, 2) for k in range(1, 20))
 CHROMAS = (6.0, 8.0, 10.0, 12.0, 15.0, 20.0)
