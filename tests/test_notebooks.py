@@ -129,3 +129,19 @@ def test_figures_and_image_grids_go_through_shoelib_figures(step):
     code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
     assert ".savefig(" not in code, f"{step.name}: writes a figure by hand; use save_figure"
     assert ".imshow(" not in code, f"{step.name}: draws images by hand; use image_grid"
+
+
+@pytest.mark.parametrize("step", NOTEBOOKS, ids=lambda s: s.name)
+def test_no_cell_rebinds_a_name_the_notebook_imports(step):
+    """A variable named like an imported helper (`shown = frame.head()` beside `from
+    shoelib.paths import shown`) breaks every later call of the helper, and only at run time."""
+    nb = nbformat.read(step.path, as_version=4)
+    trees = [ast.parse(c.source) for c in nb.cells if c.cell_type == "code"
+             and not c.source.lstrip().startswith(("%", "!"))]
+    imported = {alias.asname or alias.name.split(".")[0] for tree in trees for node in ast.walk(tree)
+                if isinstance(node, ast.Import | ast.ImportFrom) for alias in node.names}
+    assigned = {target.id for tree in trees for node in ast.walk(tree)
+                if isinstance(node, ast.Assign | ast.AugAssign | ast.AnnAssign)
+                for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+                if isinstance(target, ast.Name)}
+    assert imported & assigned == set(), f"{step.name} rebinds imported {sorted(imported & assigned)}"
