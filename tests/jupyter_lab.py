@@ -75,3 +75,14 @@ def run_all(page) -> None:
     """Run every cell, as the Run menu does (through JupyterLab's own command)."""
     page.wait_for_function(KERNEL_READY, timeout=180_000)
     page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+
+
+def open_and_run(playwright, url: str, token: str, notebook: str):
+    """Launch the system Chromium, open `notebook` in the Lab at `url` and run all its cells.
+    Returns (browser, page); the caller closes the browser."""
+    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+    page = browser.new_page(viewport={"width": 1200, "height": 1000})
+    page.set_default_timeout(180_000)  # a loaded machine serves JupyterLab slowly
+    page.goto(f"{url}/lab/tree/{notebook}?token={token}")
+    run_all(page)
+    return browser, page

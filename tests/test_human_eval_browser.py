@@ -12,7 +12,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from jupyter_lab import CHROMIUM, CHROMIUM_FLAGS, NEEDS_CHROMIUM, lab_server, run_all
+from jupyter_lab import NEEDS_CHROMIUM, lab_server, open_and_run, run_all
 
 from shoelib.paths import NOTEBOOKS_DIR
 
@@ -48,11 +48,7 @@ def test_rates_three_images_with_the_keyboard(lab, rating_root, tmp_path):
     shots = Path(os.environ.get("SHOELIB_SCREENSHOT_DIR", tmp_path))
     ratings = rating_root / "evaluation" / "human" / "browser.jsonl"
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1200, "height": 1000})
-        page.set_default_timeout(180_000)  # a loaded machine serves JupyterLab slowly
-        page.goto(f"{url}/lab/tree/08_human_eval.ipynb?token={token}")
-        run_all(page)
+        browser, page = open_and_run(p, url, token, "08_human_eval.ipynb")
         widget = page.locator(".shoelib-rating")
         sync_api.expect(widget).to_contain_text("0 / 6 rated", timeout=180_000)
         keys = widget.locator("input[type='text']")

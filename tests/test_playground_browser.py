@@ -12,7 +12,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from jupyter_lab import CHROMIUM, CHROMIUM_FLAGS, NEEDS_CHROMIUM, lab_server, run_all
+from jupyter_lab import NEEDS_CHROMIUM, lab_server, open_and_run
 
 from shoelib.paths import NOTEBOOKS_DIR
 
@@ -43,11 +43,7 @@ def test_generate_disables_the_button_then_shows_image_and_verdict(lab, tmp_path
     url, token = lab
     shots = Path(os.environ.get("SHOELIB_SCREENSHOT_DIR", tmp_path))
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1200, "height": 1000})
-        page.set_default_timeout(180_000)  # a loaded machine serves JupyterLab slowly
-        page.goto(f"{url}/lab/tree/04_inference_test.ipynb?token={token}")
-        run_all(page)
+        browser, page = open_and_run(p, url, token, "04_inference_test.ipynb")
         playground = page.locator(".shoelib-playground")
         sync_api.expect(playground).to_be_visible(timeout=600_000)
         playground.scroll_into_view_if_needed()
