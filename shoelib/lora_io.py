@@ -108,7 +108,11 @@ def to_kohya(peft_state: Mapping[str, torch.Tensor], alpha: float) -> dict[str, 
     for key, tensor in peft_state.items():
         module, _, kind = key.rpartition(".lora_")
         name = kohya_name(module)
-        out[f"{name}.lora_down.weight" if kind == "A.weight" else f"{name}.lora_up.weight"] = tensor
+        if kind == "magnitude_vector":
+            # DoRA's magnitude per output feature: LyCORIS's `dora_scale`, shape (out, 1).
+            out[f"{name}.dora_scale"] = tensor.reshape(-1, 1)
+        else:
+            out[f"{name}.lora_down.weight" if kind == "A.weight" else f"{name}.lora_up.weight"] = tensor
         out[f"{name}.alpha"] = torch.tensor(float(alpha))
     return out
 
@@ -290,6 +294,15 @@ def apply_lora(pipe, lora_path: str | Path, strength: float = 1.0,
         components["text_encoder"] = pipe.text_encoder
     model_name = pipe.unet.config.get("_name_or_path") or "this model"
     check_lora_fits(path, components, model_name=repr(model_name))
+    with _open(path) as f:
+        dora_in_kohya = any(key.endswith(".dora_scale") for key in f.keys())
+    if dora_in_kohya:
+        # diffusers drops kohya-format DoRA scales for SD 1.x with only a log line, which
+        # would draw different images than the LoRA was trained to.
+        raise LoraFileError(
+            f"{path} is a DoRA LoRA in kohya format (dora_scale keys), whose scales diffusers "
+            f"cannot load for SD 1.5; load the {DIFFUSERS_WEIGHT_NAME} written beside it, "
+            "which keeps DoRA's magnitudes")
     if pipe.get_list_adapters():
         pipe.unload_lora_weights()
     pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter_name)

@@ -36,7 +36,8 @@ import statistics
 import sys
 import time
 import warnings
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -77,6 +78,13 @@ RESUME_FREE_KEYS = frozenset({
     "checkpoints_to_keep", "gradient_checkpointing", "device",
 })
 TRAIN_DATA_KEY = "train_split_content"
+# The precision a checkpoint was trained in, resolved by the device policy ("auto" resolves
+# differently on another machine), compared on resume like the settings.
+MIXED_PRECISION_KEY = "resolved_mixed_precision"
+# mixed_precision -> the dtype the device policy is asked for (the frozen UNet's weights).
+MIXED_PRECISION_DTYPES = {"auto": "auto", "no": "float32", "fp16": "float16", "bf16": "bfloat16"}
+OPTIMIZERS = ("adamw", "adamw8bit", "prodigy", "adafactor")
+EMA_FILE = "ema.pt"
 CHECKPOINT_MANIFEST = "manifest.json"  # written last: the sizes and sha256 of every other file
 
 
@@ -131,6 +139,11 @@ class TrainConfig:
     caption_dropout: float = 0.0  # share of captions replaced by "" (for CFG); 0 = off
     random_flip: bool = True      # mirror images at random (both latents are cached)
     gradient_checkpointing: bool = False
+    mixed_precision: str = "auto"  # auto (the device policy's) | no | fp16 | bf16
+    optimizer: str = "adamw"      # adamw | adamw8bit (CUDA + bitsandbytes) | prodigy | adafactor
+    loraplus_lr_ratio: float = 1.0  # LoRA+: the B (up) matrices learn at ratio x rate; 1 = off
+    use_dora: bool = False        # DoRA: LoRA on the direction, a trained magnitude per output
+    ema_decay: float = 0.0        # EMA of the LoRA weights for validation and export; 0 = off
     validation_every: int = 500   # steps; 0 = never
     num_validation_prompts: int = 4
     validation_inference_steps: int = 30
@@ -153,6 +166,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def field_defaults(cls) -> dict:
+        """{name: default} of the fields that have one."""
+        return {f.name: f.default for f in fields(cls) if f.default is not MISSING}
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
@@ -225,11 +243,31 @@ def check_config(c: TrainConfig) -> None:
                  f"{name}={value!r}{_alias(name)} must be a number >= 0 (0 turns it off)")
     _require(whole(c.seed) and c.seed >= 0,
              f"seed={c.seed!r}{_alias('seed')} must be a whole number >= 0; use e.g. 42")
-    for name in ("random_flip", "gradient_checkpointing"):
+    for name in ("random_flip", "gradient_checkpointing", "use_dora"):
         _require(isinstance(getattr(c, name), bool),
                  f"{name}={getattr(c, name)!r} must be true or false")
     _require(isinstance(c.caption_dropout, int | float) and 0 <= c.caption_dropout < 1,
              f"caption_dropout={c.caption_dropout!r} must be in [0, 1); use 0.1 or 0 (off)")
+    _require(c.mixed_precision in MIXED_PRECISION_DTYPES,
+             f"mixed_precision={c.mixed_precision!r} is unknown; use one of "
+             f"{', '.join(MIXED_PRECISION_DTYPES)} (auto: the device policy's)")
+    _require(c.optimizer in OPTIMIZERS,
+             f"optimizer={c.optimizer!r} is unknown; use one of {', '.join(OPTIMIZERS)}")
+    _require(isinstance(c.loraplus_lr_ratio, int | float) and not isinstance(
+        c.loraplus_lr_ratio, bool) and c.loraplus_lr_ratio >= 1,
+             f"loraplus_lr_ratio={c.loraplus_lr_ratio!r} must be a number >= 1 (1 turns LoRA+ "
+             "off; the LoRA+ paper uses 16)")
+    _require(isinstance(c.ema_decay, int | float) and not isinstance(c.ema_decay, bool)
+             and (c.ema_decay == 0 or 0.5 <= c.ema_decay < 1),
+             f"ema_decay={c.ema_decay!r} must be 0 (off) or in [0.5, 1); use e.g. 0.999")
+    _require(c.optimizer != "prodigy" or c.loraplus_lr_ratio == 1,
+             f"optimizer='prodigy' with loraplus_lr_ratio={c.loraplus_lr_ratio}: Prodigy takes "
+             "one rate for all weights; set loraplus_lr_ratio=1 or use optimizer='adamw'")
+    if c.optimizer == "prodigy" and c.learning_rate < 0.1:
+        # Prodigy estimates the step size itself; learning_rate only scales its estimate.
+        warnings.warn(f"optimizer='prodigy' with learning_rate={c.learning_rate}: Prodigy's "
+                      "rate is a multiplier on the step size it estimates; use "
+                      "learning_rate=1.0", UserWarning, stacklevel=3)
     _require(c.lr_scheduler in LR_SCHEDULERS,
              f"lr_scheduler={c.lr_scheduler!r} is unknown; use one of {', '.join(LR_SCHEDULERS)}")
     _require(c.lr_warmup_steps < c.max_train_steps or c.lr_warmup_steps == 0,
@@ -483,6 +521,7 @@ class LoopState:
     order: DataOrder
     generator: torch.Generator  # this process's stream: flips, dropout, latents, noise, t
     history: History
+    ema: object | None = None   # diffusers' EMAModel of the LoRA weights (ema_decay > 0)
 
 
 def rng_state(generator: torch.Generator) -> dict:
@@ -582,16 +621,21 @@ def train_data_fingerprint(frame) -> str:
 
 
 def check_resume(checkpoint: Path, config: TrainConfig, num_processes: int,
-                 train_data: str) -> None:
+                 train_data: str, mixed_precision: str) -> None:
     """Raise ResumeMismatchError naming every setting that differs from the checkpoint's.
 
     `train_data` is `train_data_fingerprint` of the train split now. A checkpoint written
-    before checkpoints recorded it is compared by train_dir instead.
+    before checkpoints recorded it is compared by train_dir instead. `mixed_precision` is
+    the policy's resolved precision: a bf16 checkpoint does not go on in fp32 unannounced.
+    Settings added after a checkpoint was written compare as their defaults.
     """
     saved = read_json(checkpoint / "state.json")
-    now = {**config.to_dict(), "num_processes": num_processes, TRAIN_DATA_KEY: train_data}
-    before = {**saved["config"], "num_processes": saved["num_processes"],
-              TRAIN_DATA_KEY: saved.get(TRAIN_DATA_KEY, train_data)}
+    defaults = TrainConfig.field_defaults()
+    now = {**config.to_dict(), "num_processes": num_processes, TRAIN_DATA_KEY: train_data,
+           MIXED_PRECISION_KEY: mixed_precision}
+    before = {**defaults, **saved["config"], "num_processes": saved["num_processes"],
+              TRAIN_DATA_KEY: saved.get(TRAIN_DATA_KEY, train_data),
+              MIXED_PRECISION_KEY: saved.get(MIXED_PRECISION_KEY, "no")}
     free = RESUME_FREE_KEYS - ({"train_dir"} if TRAIN_DATA_KEY not in saved else set())
     differing = sorted(k for k in now.keys() | before.keys()
                        if k not in free and now.get(k) != before.get(k))
@@ -627,8 +671,11 @@ def save_checkpoint(config: TrainConfig, accelerator, unet, optimizer, lr_schedu
         torch.save({"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
                     "data_order": state.order.state_dict(), "scaler": scaler},
                    staging / "training_state.pt")
+        if state.ema is not None:
+            torch.save(state.ema.state_dict(), staging / EMA_FILE)
         write_json(staging / "state.json", {
             "step": state.step, "config": config.to_dict(), TRAIN_DATA_KEY: train_data,
+            MIXED_PRECISION_KEY: accelerator.mixed_precision,
             "num_processes": accelerator.num_processes, "history": asdict(state.history)})
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -657,6 +704,8 @@ def load_checkpoint(folder: Path, accelerator, unet, optimizer, lr_scheduler,
     if saved["scaler"] and accelerator.scaler is not None:
         accelerator.scaler.load_state_dict(saved["scaler"])
     state.order.load_state_dict(saved["data_order"])
+    if state.ema is not None:
+        state.ema.load_state_dict(torch.load(folder / EMA_FILE, weights_only=True))
     restore_rng_state(torch.load(folder / f"rng_{accelerator.process_index}.pt",
                                  weights_only=True), state.generator)
     meta = read_json(folder / "state.json")
@@ -740,8 +789,18 @@ class TrainResult:
     last_images: np.ndarray | None = None  # the last validation images, if made in this call
 
 
-def kohya_metadata(config: TrainConfig, steps: int, num_images: int) -> dict[str, str]:
-    """Training facts under kohya's `ss_*` names, which A1111/ComfyUI show for a LoRA."""
+def kohya_metadata(config: TrainConfig, steps: int, num_images: int,
+                   mixed_precision: str) -> dict[str, str]:
+    """Training facts under kohya's `ss_*` names, which A1111/ComfyUI show for a LoRA.
+
+    `mixed_precision` is the resolved one ("no", "fp16", "bf16"). DoRA and LoRA+ go in
+    `ss_network_args`, where kohya records network options.
+    """
+    network_args = {}
+    if config.use_dora:
+        network_args["use_dora"] = True
+    if config.loraplus_lr_ratio != 1:
+        network_args["loraplus_lr_ratio"] = config.loraplus_lr_ratio
     return {
         "ss_network_module": "networks.lora", "ss_network_dim": config.lora_rank,
         "ss_network_alpha": config.lora_alpha, "ss_sd_model_name": config.model,
@@ -756,6 +815,9 @@ def kohya_metadata(config: TrainConfig, steps: int, num_images: int) -> dict[str
         "ss_min_snr_gamma": config.snr_gamma, "ss_noise_offset": config.noise_offset,
         "ss_caption_dropout_rate": config.caption_dropout, "ss_flip_aug": config.random_flip,
         "ss_target_modules": ",".join(LORA_TARGET_MODULES),
+        "ss_mixed_precision": mixed_precision, "ss_optimizer": config.optimizer,
+        "ss_ema_decay": config.ema_decay,
+        **({"ss_network_args": json.dumps(network_args)} if network_args else {}),
         "modelspec.architecture": "stable-diffusion-v1/lora", "modelspec.sai_model_spec": "1.0.0",
     }
 
@@ -785,9 +847,37 @@ def train(config: TrainConfig, policy: DevicePolicy | None = None,
     """
     from accelerate import PartialState
 
-    policy = policy or choose_policy(config.device)
+    policy = resolve_policy(config, policy)
     with shared_folder_lock(config.output_dir, PartialState(cpu=policy.device == "cpu")):
         return _train(config, policy, progress)
+
+
+def resolve_policy(config: TrainConfig, policy: DevicePolicy | None) -> DevicePolicy:
+    """The device policy of the run: `policy`, or one chosen for config.device and
+    config.mixed_precision; a policy that contradicts an explicit mixed_precision is refused.
+
+    Raises:
+        TrainConfigError: the policy trains in another precision, or the optimizer cannot
+            run on its device.
+    """
+    if policy is None:
+        policy = choose_policy(config.device, MIXED_PRECISION_DTYPES[config.mixed_precision])
+    elif config.mixed_precision not in ("auto", policy.mixed_precision):
+        raise TrainConfigError(
+            f"mixed_precision={config.mixed_precision!r} but the device policy trains in "
+            f"{policy.mixed_precision!r} ({policy.dtype_name} weights); choose the policy with "
+            f"dtype={MIXED_PRECISION_DTYPES[config.mixed_precision]!r} or set "
+            "mixed_precision='auto'")
+    if config.optimizer == "adamw8bit":
+        if policy.device != "cuda":
+            raise TrainConfigError(f"optimizer='adamw8bit' runs on CUDA only (bitsandbytes); "
+                                   f"this run is on {policy.device}: use optimizer='adamw'")
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise TrainConfigError("optimizer='adamw8bit' needs bitsandbytes: `pip install "
+                                   "bitsandbytes`, or use optimizer='adamw'") from None
+    return policy
 
 
 def _train(config: TrainConfig, policy: DevicePolicy, progress: bool) -> TrainResult:
@@ -800,7 +890,8 @@ def _train(config: TrainConfig, policy: DevicePolicy, progress: bool) -> TrainRe
     train_data = train_data_fingerprint(splits["train"])
     previous = resume_checkpoint(checkpoints_dir(config))
     if previous:
-        check_resume(previous, config, accelerator.num_processes, train_data)
+        check_resume(previous, config, accelerator.num_processes, train_data,
+                     policy.mixed_precision)
     # 2. Cache latents and caption states (main process first; others then find them
     #    cached), then free the VAE and text encoder.
     with accelerator.main_process_first():
@@ -812,7 +903,7 @@ def _train(config: TrainConfig, policy: DevicePolicy, progress: bool) -> TrainRe
     # 4. Run state; resume from the latest checkpoint if there is one.
     state = LoopState(step=0, order=DataOrder(len(inputs.train), config.seed),
                       generator=cpu_generator(config.seed + 1 + accelerator.process_index),
-                      history=History())
+                      history=History(), ema=lora_ema(config, lora_params))
     resumed_from = None
     if previous:
         load_checkpoint(previous, accelerator, unet, optimizer, lr_scheduler, state)
@@ -838,6 +929,8 @@ def _train(config: TrainConfig, policy: DevicePolicy, progress: bool) -> TrainRe
             optimizer.step()
             lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            if state.ema is not None:
+                state.ema.step(lora_params)
             state.step += 1
             state.history.step_seconds.append(time.perf_counter() - started)
             state.history.train_loss.append([state.step, step_loss])
@@ -847,16 +940,18 @@ def _train(config: TrainConfig, policy: DevicePolicy, progress: bool) -> TrainRe
             bar.set_postfix(loss=f"{step_loss:.4f}")
             done = state.step == config.max_train_steps
             if config.validation_every and (state.step % config.validation_every == 0 or done):
-                last_images = run_validation(config, accelerator, unet, inputs, noise_scheduler,
-                                             policy, state, prompts)
+                with ema_weights(state.ema, lora_params):
+                    last_images = run_validation(config, accelerator, unet, inputs,
+                                                 noise_scheduler, policy, state, prompts)
                 unet.train()
             if done or (config.checkpoint_every and state.step % config.checkpoint_every == 0):
                 save_checkpoint(config, accelerator, unet, optimizer, lr_scheduler, state,
                                 train_data)
         bar.close()
         # 6. Export the LoRA in diffusers and kohya formats.
-        lora_diffusers, lora_kohya = export_lora(config, accelerator, unet, state.step,
-                                                 len(inputs.train))
+        with ema_weights(state.ema, lora_params):
+            lora_diffusers, lora_kohya = export_lora(config, accelerator, unet, state.step,
+                                                     len(inputs.train))
     finally:
         bar.close()
         accelerator.end_training()
@@ -876,6 +971,33 @@ def _train(config: TrainConfig, policy: DevicePolicy, progress: bool) -> TrainRe
         cache_stats={k: asdict(v) for k, v in inputs.stats.items()}, last_images=last_images)
 
 
+def lora_ema(config: TrainConfig, lora_params: list):
+    """diffusers' EMAModel of the LoRA weights when ema_decay > 0, else None.
+
+    Its decay ramps up as min(ema_decay, (1 + t) / (10 + t)) at step t, so the average is not
+    dominated by the random initial weights in a short run.
+    """
+    if not config.ema_decay:
+        return None
+    from diffusers.training_utils import EMAModel
+
+    return EMAModel(lora_params, decay=config.ema_decay)
+
+
+@contextmanager
+def ema_weights(ema, lora_params: list) -> Iterator[None]:
+    """Inside the block the LoRA holds the EMA weights (nothing changes without an EMA)."""
+    if ema is None:
+        yield
+        return
+    ema.store(lora_params)
+    ema.copy_to(lora_params)
+    try:
+        yield
+    finally:
+        ema.restore(lora_params)
+
+
 def check_inputs(config: TrainConfig) -> dict:
     """The train and val splits, read and checked, after checking the model location.
 
@@ -893,7 +1015,14 @@ def check_inputs(config: TrainConfig) -> dict:
 def make_accelerator(config: TrainConfig, policy: DevicePolicy):
     """The run's Accelerator: the policy's mixed precision, TensorBoard logs in output_dir."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
+    if (AcceleratorState._shared_state
+            and AcceleratorState._shared_state.get("_mixed_precision") != policy.mixed_precision):
+        # accelerate keeps one process-wide state and refuses a second Accelerator in another
+        # precision ("restart your runtime"); a notebook rerun in another dtype is legitimate.
+        # The process group (PartialState) is kept.
+        AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(mixed_precision=policy.mixed_precision, cpu=policy.device == "cpu",
                        log_with="tensorboard",
                        project_dir=str(Path(config.output_dir) / "logs"))
@@ -924,7 +1053,7 @@ def trainable_unet(config: TrainConfig, policy: DevicePolicy, accelerator):
     unet = load_component(config.model, "unet", policy.dtype).to(accelerator.device)
     unet.requires_grad_(False)
     unet.add_adapter(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha,
-                                init_lora_weights="gaussian",
+                                init_lora_weights="gaussian", use_dora=config.use_dora,
                                 target_modules=list(LORA_TARGET_MODULES)))
     # LoRA weights in float32 even when the UNet is half: the optimizer update of a
     # half-precision weight underflows, and GradScaler refuses to unscale fp16 gradients.
@@ -932,13 +1061,45 @@ def trainable_unet(config: TrainConfig, policy: DevicePolicy, accelerator):
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     noise_scheduler = load_component(config.model, "scheduler")
-    optimizer = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad],
-                                  lr=config.learning_rate)
+    optimizer = make_optimizer(config, unet)
     lr_scheduler = get_scheduler(config.lr_scheduler, optimizer,
                                  num_warmup_steps=config.lr_warmup_steps,
                                  num_training_steps=config.max_train_steps)
     unet, optimizer = accelerator.prepare(unet, optimizer)
     return unet, noise_scheduler, optimizer, lr_scheduler
+
+
+def make_optimizer(config: TrainConfig, unet) -> torch.optim.Optimizer:
+    """config.optimizer over the UNet's trainable (LoRA) weights.
+
+    With LoRA+ (loraplus_lr_ratio > 1; Hayou et al. 2024) the B (up) matrices are a second
+    parameter group at ratio x learning_rate, which the LR schedule scales alike. Without it
+    there is one group in the modules' order, as checkpoints written before LoRA+ expect.
+    Adafactor runs with the given rate (no relative step, no parameter scaling), as kohya's
+    recommended settings do, so that the LR schedule means the same for every optimizer.
+    """
+    named = [(name, p) for name, p in unet.named_parameters() if p.requires_grad]
+    if config.loraplus_lr_ratio == 1:
+        groups = [{"params": [p for _, p in named], "lr": config.learning_rate}]
+    else:
+        groups = [{"params": [p for n, p in named if ".lora_B." not in n],
+                   "lr": config.learning_rate},
+                  {"params": [p for n, p in named if ".lora_B." in n],
+                   "lr": config.learning_rate * config.loraplus_lr_ratio}]
+    if config.optimizer == "adamw8bit":
+        from bitsandbytes.optim import AdamW8bit
+
+        return AdamW8bit(groups, lr=config.learning_rate)
+    if config.optimizer == "prodigy":
+        from prodigyopt import Prodigy
+
+        return Prodigy(groups, lr=config.learning_rate)
+    if config.optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(groups, lr=config.learning_rate, relative_step=False,
+                         scale_parameter=False, warmup_init=False)
+    return torch.optim.AdamW(groups, lr=config.learning_rate)
 
 
 def accumulate_gradients(config: TrainConfig, accelerator, unet, inputs: CachedInputs,
@@ -990,7 +1151,7 @@ def export_lora(config: TrainConfig, accelerator, unet, steps: int,
         final_unet = accelerator.unwrap_model(unet)
         save_diffusers_lora(final_unet, lora_diffusers)
         save_kohya_lora(final_unet, config.lora_alpha, lora_kohya,
-                        kohya_metadata(config, steps, num_images))
+                        kohya_metadata(config, steps, num_images, accelerator.mixed_precision))
     accelerator.wait_for_everyone()
     return lora_diffusers, lora_kohya
 

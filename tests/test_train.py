@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -239,8 +240,6 @@ class ScaledInput(torch.nn.Module):
 
 
 def test_validation_loss_is_the_same_every_time_and_moves_with_the_seed(tiny_sd_dir, data, tmp_path):
-    from shoelib.device import choose_policy
-
     config = small_config(tiny_sd_dir, data, tmp_path, train_batch_size=2)
     args = (ScaledInput(), FixedLatents(), scheduler("epsilon"))
     rest = (choose_policy("cpu"), torch.device("cpu"))
@@ -606,3 +605,192 @@ def test_validation_grid_is_one_row_of_the_images_at_their_own_size(tmp_path):
         assert im.size == (3 * 48, 64)
         middle = [im.convert("RGB").getpixel((48 * k + 24, 32)) for k in range(3)]
     assert middle[0][0] > 200 and middle[1][0] < 50 and middle[2][0] > 200
+
+
+# --- trainer options: precision, optimizers, LoRA+, DoRA, EMA
+
+def _lora_b(path) -> dict:
+    return {k: v for k, v in load_file(str(path)).items() if ".lora.up." in k or ".lora_B." in k}
+
+
+def _crash_after(stop: int):
+    """save_checkpoint that raises right after writing step `stop`: a run killed there."""
+    real = train_module.save_checkpoint
+
+    def save_then_crash(config, *args):
+        folder = real(config, *args)
+        if folder.name == f"step_{stop:06d}":
+            raise KeyboardInterrupt("killed after the checkpoint")
+        return folder
+    return save_then_crash
+
+
+@pytest.mark.parametrize("field,value,words", [
+    ("mixed_precision", "fp8", "mixed_precision='fp8' is unknown; use one of auto, no, fp16, bf16"),
+    ("optimizer", "sgd", "optimizer='sgd' is unknown; use one of adamw, adamw8bit, prodigy"),
+    ("loraplus_lr_ratio", 0.5, "loraplus_lr_ratio=0.5 must be a number >= 1"),
+    ("ema_decay", 1.0, "ema_decay=1.0 must be 0 (off) or in [0.5, 1)"),
+    ("use_dora", "yes", "use_dora='yes' must be true or false"),
+])
+def test_bad_trainer_options_are_refused_with_value_and_fix(tiny_sd_dir, data, tmp_path, field,
+                                                            value, words):
+    with pytest.raises(TrainConfigError, match=re.escape(words)):
+        small_config(tiny_sd_dir, data, tmp_path, **{field: value})
+
+
+def test_prodigy_with_loraplus_is_refused_and_a_tiny_prodigy_rate_warns(tiny_sd_dir, data, tmp_path):
+    with pytest.raises(TrainConfigError, match="Prodigy takes one rate"):
+        small_config(tiny_sd_dir, data, tmp_path, optimizer="prodigy", learning_rate=1.0,
+                     loraplus_lr_ratio=16)
+    with pytest.warns(UserWarning, match="use learning_rate=1.0"):
+        small_config(tiny_sd_dir, data, tmp_path, optimizer="prodigy", learning_rate=1e-4)
+
+
+def test_adamw8bit_off_cuda_is_refused_before_any_model_loads(tiny_sd_dir, data, tmp_path,
+                                                              monkeypatch):
+    monkeypatch.setattr(train_module, "cache_inputs", lambda *a: pytest.fail("loaded models"))
+    config = small_config(tiny_sd_dir, data, tmp_path, optimizer="adamw8bit")
+    with pytest.raises(TrainConfigError, match="runs on CUDA only .* this run is on cpu"):
+        train(config, progress=False)
+
+
+def test_mixed_precision_picks_the_policy_and_a_contradicting_policy_is_refused(
+        tiny_sd_dir, data, tmp_path):
+    bf16 = small_config(tiny_sd_dir, data, tmp_path, mixed_precision="bf16")
+    policy = train_module.resolve_policy(bf16, None)
+    assert (policy.mixed_precision, policy.dtype) == ("bf16", torch.bfloat16)
+    with pytest.raises(TrainConfigError, match="but the device policy trains in 'no'"):
+        train_module.resolve_policy(bf16, choose_policy("cpu"))
+    auto = small_config(tiny_sd_dir, data, tmp_path)
+    assert train_module.resolve_policy(auto, None).mixed_precision == "no"  # cpu: float32
+
+
+def test_a_bf16_checkpoint_does_not_resume_in_fp32(tiny_sd_dir, data, tmp_path):
+    config = small_config(tiny_sd_dir, data, tmp_path, max_train_steps=2, validation_every=0,
+                          checkpoint_every=0)
+    first = train(config, choose_policy("cpu", "bfloat16"), progress=False)
+    assert first.steps == 2
+    saved = json.loads((tmp_path / "checkpoints" / "step_000002" / "state.json").read_text())
+    assert saved[train_module.MIXED_PRECISION_KEY] == "bf16"
+    assert read_kohya_header(first)["ss_mixed_precision"] == "bf16"
+    with pytest.raises(ResumeMismatchError, match="resolved_mixed_precision: 'bf16' -> 'no'"):
+        train(config, choose_policy("cpu"), progress=False)
+
+
+def test_loraplus_puts_the_up_matrices_in_a_group_at_ratio_times_the_rate(tiny_sd_dir, data,
+                                                                          tmp_path):
+    plain = train(small_config(tiny_sd_dir, data, tmp_path / "plain", max_train_steps=3,
+                               validation_every=0, checkpoint_every=0), progress=False)
+    plus = train(small_config(tiny_sd_dir, data, tmp_path / "plus", max_train_steps=3,
+                              validation_every=0, checkpoint_every=0, loraplus_lr_ratio=4),
+                 progress=False)
+    # B starts at zero and Adam's first steps move a weight by about the rate, so B grows
+    # about 4 times as much under LoRA+.
+    b_plain, b_plus = _lora_b(plain.lora_diffusers), _lora_b(plus.lora_diffusers)
+    ratio = (sum(v.abs().mean() for v in b_plus.values())
+             / sum(v.abs().mean() for v in b_plain.values()))
+    assert 3.0 < ratio < 5.0
+    saved = torch.load(tmp_path / "plus" / "checkpoints" / "step_000003" / "training_state.pt",
+                       weights_only=True)
+    groups = saved["optimizer"]["param_groups"]
+    assert len(groups) == 2 and groups[1]["initial_lr"] == pytest.approx(4 * groups[0]["initial_lr"])
+    assert '"loraplus_lr_ratio": 4' in read_kohya_header(plus)["ss_network_args"]
+
+
+def read_kohya_header(result) -> dict:
+    from shoelib.lora_io import read_header
+
+    return read_header(result.lora_kohya)
+
+
+@pytest.mark.parametrize("options", [
+    {"optimizer": "prodigy", "learning_rate": 1.0},
+    {"optimizer": "adafactor"},
+    {"ema_decay": 0.9},
+    {"use_dora": True, "loraplus_lr_ratio": 8},
+], ids=["prodigy", "adafactor", "ema", "dora-loraplus"])
+def test_each_option_resumes_to_the_same_weights(tiny_sd_dir, data, tmp_path, monkeypatch, options):
+    values = dict(max_train_steps=4, validation_every=0, checkpoint_every=2, **options)
+    straight = train(small_config(tiny_sd_dir, data, tmp_path / "straight", **values),
+                     progress=False)
+    cut = small_config(tiny_sd_dir, data, tmp_path / "cut", **values)
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "save_checkpoint", _crash_after(2))
+        with pytest.raises(KeyboardInterrupt):
+            train(cut, progress=False)
+    resumed = train(cut, progress=False)
+    assert resumed.resumed_from == 2 and resumed.steps == 4
+    a, b = load_file(str(straight.lora_diffusers)), load_file(str(resumed.lora_diffusers))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert read_kohya_header(resumed)["ss_optimizer"] == cut.optimizer
+
+
+def test_optimizer_option_selects_the_optimizer(tiny_sd_dir, data, tmp_path):
+    from diffusers import UNet2DConditionModel
+    from peft import LoraConfig
+    from prodigyopt import Prodigy
+    from transformers.optimization import Adafactor
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd_dir, subfolder="unet")
+    unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q"]))
+    made = {name: train_module.make_optimizer(small_config(
+        tiny_sd_dir, data, tmp_path, optimizer=name, learning_rate=1.0), unet)
+        for name in ("adamw", "prodigy", "adafactor")}
+    assert isinstance(made["adamw"], torch.optim.AdamW)
+    assert isinstance(made["prodigy"], Prodigy) and isinstance(made["adafactor"], Adafactor)
+    assert not made["adafactor"].defaults["relative_step"]  # the given rate is the rate
+
+
+def test_ema_weights_are_what_validation_draws_and_export_writes(tiny_sd_dir, data, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    config = small_config(tiny_sd_dir, data, tmp_path, ema_decay=0.9, max_train_steps=6,
+                          validation_every=6, checkpoint_every=0)
+    result = train(config, progress=False)
+    checkpoint = tmp_path / "checkpoints" / "step_000006"
+    raw = load_file(str(checkpoint / "lora.safetensors"))
+    exported = load_file(str(result.lora_diffusers))
+    shadow = torch.load(checkpoint / train_module.EMA_FILE, weights_only=True)["shadow_params"]
+    assert len(shadow) == len(raw) == len(exported)  # an average of every LoRA weight
+    assert all(any(torch.equal(v, s) for s in shadow) for v in exported.values())  # exported
+    assert not all(any(torch.equal(v, s) for s in shadow) for v in raw.values())  # not raw
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_dir, safety_checker=None,
+                                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(str(result.lora_diffusers.parent), weight_name=result.lora_diffusers.name)
+    drawn = np.stack([pipe(prompt, num_inference_steps=3, guidance_scale=7.5, height=64, width=64,
+                           generator=torch.Generator().manual_seed(config.seed + i),
+                           output_type="np").images[0]
+                      for i, prompt in enumerate(result.validation_prompts)])
+    np.testing.assert_allclose(drawn, result.last_images, atol=1e-5)
+
+
+def test_dora_exports_a_diffusers_file_that_redraws_the_validation_images(tiny_sd_dir, data,
+                                                                          tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from shoelib.lora_io import LoraFileError
+
+    config = small_config(tiny_sd_dir, data, tmp_path, use_dora=True, max_train_steps=4,
+                          validation_every=4, checkpoint_every=0)
+    result = train(config, progress=False)
+    assert any("lora_magnitude_vector" in k for k in load_file(str(result.lora_diffusers)))
+    kohya = load_file(str(result.lora_kohya))
+    scales = [k for k in kohya if k.endswith(".dora_scale")]
+    assert scales and all(kohya[k].ndim == 2 and kohya[k].shape[1] == 1 for k in scales)
+    assert json.loads(read_kohya_header(result)["ss_network_args"]) == {"use_dora": True}
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_dir, safety_checker=None,
+                                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+
+    def draw():
+        return np.stack([pipe(prompt, num_inference_steps=3, guidance_scale=7.5, height=64,
+                              width=64, generator=torch.Generator().manual_seed(config.seed + i),
+                              output_type="np").images[0]
+                         for i, prompt in enumerate(result.validation_prompts)])
+
+    apply_lora(pipe, result.lora_diffusers)
+    np.testing.assert_allclose(draw(), result.last_images, atol=1e-5)
+    with pytest.raises(LoraFileError, match="DoRA LoRA in kohya format"):
+        apply_lora(pipe, result.lora_kohya)
