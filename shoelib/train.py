@@ -75,7 +75,8 @@ LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine",
 RESUME_FREE_KEYS = frozenset({
     "train_dir", "output_dir", "cache_dir", "val_dir", "validation_every", "num_validation_prompts",
     "validation_inference_steps", "validation_guidance_scale", "checkpoint_every",
-    "checkpoints_to_keep", "gradient_checkpointing", "device",
+    "checkpoints_to_keep", "gradient_checkpointing", "device", "channels_last", "allow_tf32",
+    "torch_compile",
 })
 TRAIN_DATA_KEY = "train_split_content"
 # The precision a checkpoint was trained in, resolved by the device policy ("auto" resolves
@@ -144,6 +145,9 @@ class TrainConfig:
     loraplus_lr_ratio: float = 1.0  # LoRA+: the B (up) matrices learn at ratio x rate; 1 = off
     use_dora: bool = False        # DoRA: LoRA on the direction, a trained magnitude per output
     ema_decay: float = 0.0        # EMA of the LoRA weights for validation and export; 0 = off
+    channels_last: bool = False   # UNet in channels-last memory (faster convolutions on GPUs)
+    allow_tf32: bool = False      # TF32 matmuls/convolutions on CUDA (Ampere or newer)
+    torch_compile: bool = False   # torch.compile the UNet (slow first steps, then faster)
     validation_every: int = 500   # steps; 0 = never
     num_validation_prompts: int = 4
     validation_inference_steps: int = 30
@@ -243,7 +247,8 @@ def check_config(c: TrainConfig) -> None:
                  f"{name}={value!r}{_alias(name)} must be a number >= 0 (0 turns it off)")
     _require(whole(c.seed) and c.seed >= 0,
              f"seed={c.seed!r}{_alias('seed')} must be a whole number >= 0; use e.g. 42")
-    for name in ("random_flip", "gradient_checkpointing", "use_dora"):
+    for name in ("random_flip", "gradient_checkpointing", "use_dora", "channels_last",
+                 "allow_tf32", "torch_compile"):
         _require(isinstance(getattr(c, name), bool),
                  f"{name}={getattr(c, name)!r} must be true or false")
     _require(isinstance(c.caption_dropout, int | float) and 0 <= c.caption_dropout < 1,
@@ -786,6 +791,7 @@ class TrainResult:
     peak_memory_bytes: int
     resumed_from: int | None
     cache_stats: dict
+    attention: tuple[str, ...] = ()  # attention processors the UNet ran (see attention_processors)
     last_images: np.ndarray | None = None  # the last validation images, if made in this call
 
 
@@ -816,7 +822,8 @@ def kohya_metadata(config: TrainConfig, steps: int, num_images: int,
         "ss_caption_dropout_rate": config.caption_dropout, "ss_flip_aug": config.random_flip,
         "ss_target_modules": ",".join(LORA_TARGET_MODULES),
         "ss_mixed_precision": mixed_precision, "ss_optimizer": config.optimizer,
-        "ss_ema_decay": config.ema_decay,
+        "ss_ema_decay": config.ema_decay, "ss_channels_last": config.channels_last,
+        "ss_allow_tf32": config.allow_tf32, "ss_torch_compile": config.torch_compile,
         **({"ss_network_args": json.dumps(network_args)} if network_args else {}),
         "modelspec.architecture": "stable-diffusion-v1/lora", "modelspec.sai_model_spec": "1.0.0",
     }
@@ -968,7 +975,8 @@ def _train(config: TrainConfig, policy: DevicePolicy, progress: bool) -> TrainRe
         seconds_per_step=statistics.median(seconds) if seconds else None,
         step_seconds=tuple(seconds),
         peak_memory_bytes=peak_memory_bytes(policy.device), resumed_from=resumed_from,
-        cache_stats={k: asdict(v) for k, v in inputs.stats.items()}, last_images=last_images)
+        cache_stats={k: asdict(v) for k, v in inputs.stats.items()},
+        attention=attention_processors(accelerator.unwrap_model(unet)), last_images=last_images)
 
 
 def lora_ema(config: TrainConfig, lora_params: list):
@@ -1060,13 +1068,33 @@ def trainable_unet(config: TrainConfig, policy: DevicePolicy, accelerator):
     cast_training_params(unet, dtype=torch.float32)
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
+    if config.channels_last:
+        unet.to(memory_format=torch.channels_last)
+    if config.allow_tf32 and policy.device == "cuda":
+        allow_tf32()
     noise_scheduler = load_component(config.model, "scheduler")
     optimizer = make_optimizer(config, unet)
     lr_scheduler = get_scheduler(config.lr_scheduler, optimizer,
                                  num_warmup_steps=config.lr_warmup_steps,
                                  num_training_steps=config.max_train_steps)
     unet, optimizer = accelerator.prepare(unet, optimizer)
+    if config.torch_compile:
+        # In place (Module.compile: no wrapper, so state-dict keys and unwrap_model are as
+        # without it), after accelerate's DDP wrapping, as PyTorch advises.
+        unet.compile()
     return unet, noise_scheduler, optimizer, lr_scheduler
+
+
+def allow_tf32() -> None:
+    """TF32 for float32 matmuls on CUDA: several times faster on Ampere and newer GPUs, with
+    float32's range but 10 mantissa bits instead of 23. (cuDNN convolutions use TF32 by
+    PyTorch's default already.)"""
+    torch.set_float32_matmul_precision("high")
+
+
+def attention_processors(unet) -> tuple[str, ...]:
+    """The attention implementations the UNet runs (AttnProcessor2_0: PyTorch's SDPA)."""
+    return tuple(sorted({type(p).__name__ for p in unet.attn_processors.values()}))
 
 
 def make_optimizer(config: TrainConfig, unet) -> torch.optim.Optimizer:

@@ -794,3 +794,72 @@ def test_dora_exports_a_diffusers_file_that_redraws_the_validation_images(tiny_s
     np.testing.assert_allclose(draw(), result.last_images, atol=1e-5)
     with pytest.raises(LoraFileError, match="DoRA LoRA in kohya format"):
         apply_lora(pipe, result.lora_kohya)
+
+
+# --- speed switches
+
+def test_training_runs_pytorch_sdpa_attention(tiny_sd_dir, data, tmp_path, monkeypatch):
+    real = torch.nn.functional.scaled_dot_product_attention
+    calls = {"n": 0}
+
+    def counting(*args, **kwargs):
+        calls["n"] += 1
+        return real(*args, **kwargs)
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
+    result = train(small_config(tiny_sd_dir, data, tmp_path, max_train_steps=1, lr_warmup_steps=0,
+                                validation_every=0, checkpoint_every=0), progress=False)
+    assert result.attention == ("AttnProcessor2_0",)
+    assert calls["n"] > 0  # the processor name is what ran, not only what is set
+
+
+def test_channels_last_trains_the_same_loras_in_channels_last_memory(tiny_sd_dir, data, tmp_path,
+                                                                    monkeypatch):
+    values = dict(max_train_steps=2, validation_every=0, checkpoint_every=0)
+    plain = train(small_config(tiny_sd_dir, data, tmp_path / "plain", **values), progress=False)
+    formats = []
+    real = train_module.accumulate_gradients
+
+    def recording(config, accelerator, unet, *args):
+        conv = accelerator.unwrap_model(unet).conv_in.weight
+        formats.append(conv.is_contiguous(memory_format=torch.channels_last) and
+                       not conv.is_contiguous())
+        return real(config, accelerator, unet, *args)
+    monkeypatch.setattr(train_module, "accumulate_gradients", recording)
+    fast = train(small_config(tiny_sd_dir, data, tmp_path / "fast", channels_last=True, **values),
+                 progress=False)
+    assert formats == [True, True]
+    a, b = load_file(str(plain.lora_diffusers)), load_file(str(fast.lora_diffusers))
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    assert read_kohya_header(fast)["ss_channels_last"] == "True"
+
+
+def test_tf32_is_switched_on_for_cuda_runs_only(tiny_sd_dir, data, tmp_path):
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        train(small_config(tiny_sd_dir, data, tmp_path, allow_tf32=True, max_train_steps=1,
+                           lr_warmup_steps=0, validation_every=0, checkpoint_every=0),
+              progress=False)
+        assert torch.get_float32_matmul_precision() == "highest"  # a cpu run leaves it alone
+        train_module.allow_tf32()
+        assert torch.get_float32_matmul_precision() == "high"  # TF32 matmuls on CUDA
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+@pytest.mark.slow
+def test_torch_compile_trains_the_same_lora(tiny_sd_dir, data, tmp_path, monkeypatch):
+    values = dict(max_train_steps=2, validation_every=0, checkpoint_every=0)
+    eager = train(small_config(tiny_sd_dir, data, tmp_path / "eager", **values), progress=False)
+    kinds = []
+    real = train_module.accumulate_gradients
+
+    def recording(config, accelerator, unet, *args):
+        kinds.append(unet._compiled_call_impl is not None)  # what Module.compile sets
+        return real(config, accelerator, unet, *args)
+    monkeypatch.setattr(train_module, "accumulate_gradients", recording)
+    compiled = train(small_config(tiny_sd_dir, data, tmp_path / "compiled", torch_compile=True,
+                                  **values), progress=False)
+    assert kinds == [True, True]
+    a, b = load_file(str(eager.lora_diffusers)), load_file(str(compiled.lora_diffusers))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
