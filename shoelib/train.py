@@ -37,7 +37,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -54,10 +54,19 @@ from shoelib.device import (
 )
 from shoelib.figures import image_grid, save_figure
 from shoelib.io import FolderInUseError, file_sha256, read_json, shared_folder_lock, write_json
-from shoelib.latent_cache import CacheStats, cache_latents, cache_text, load_latent, load_text
+from shoelib.latent_cache import (
+    CacheStats,
+    cache_latents,
+    cache_text,
+    load_latent,
+    load_text,
+    tokenize,
+)
 from shoelib.lora_io import (
     DIFFUSERS_WEIGHT_NAME,
     LORA_TARGET_MODULES,
+    TEXT_ENCODER_LORA_TARGET_MODULES,
+    add_text_encoder_lora,
     peft_lora_state_dict,
     save_diffusers_lora,
     save_kohya_lora,
@@ -86,6 +95,7 @@ MIXED_PRECISION_KEY = "resolved_mixed_precision"
 MIXED_PRECISION_DTYPES = {"auto": "auto", "no": "float32", "fp16": "float16", "bf16": "bfloat16"}
 OPTIMIZERS = ("adamw", "adamw8bit", "prodigy", "adafactor")
 EMA_FILE = "ema.pt"
+TEXT_ENCODER_LORA_FILE = "text_encoder_lora.safetensors"  # in checkpoints, when it trains
 CHECKPOINT_MANIFEST = "manifest.json"  # written last: the sizes and sha256 of every other file
 
 
@@ -148,6 +158,8 @@ class TrainConfig:
     channels_last: bool = False   # UNet in channels-last memory (faster convolutions on GPUs)
     allow_tf32: bool = False      # TF32 matmuls/convolutions on CUDA (Ampere or newer)
     torch_compile: bool = False   # torch.compile the UNet (slow first steps, then faster)
+    train_text_encoder: bool = False  # a LoRA on the text encoder too (its states not cached)
+    text_encoder_lr: float | None = None  # its learning rate; None = learning_rate
     validation_every: int = 500   # steps; 0 = never
     num_validation_prompts: int = 4
     validation_inference_steps: int = 30
@@ -248,7 +260,7 @@ def check_config(c: TrainConfig) -> None:
     _require(whole(c.seed) and c.seed >= 0,
              f"seed={c.seed!r}{_alias('seed')} must be a whole number >= 0; use e.g. 42")
     for name in ("random_flip", "gradient_checkpointing", "use_dora", "channels_last",
-                 "allow_tf32", "torch_compile"):
+                 "allow_tf32", "torch_compile", "train_text_encoder"):
         _require(isinstance(getattr(c, name), bool),
                  f"{name}={getattr(c, name)!r} must be true or false")
     _require(isinstance(c.caption_dropout, int | float) and 0 <= c.caption_dropout < 1,
@@ -265,6 +277,14 @@ def check_config(c: TrainConfig) -> None:
     _require(isinstance(c.ema_decay, int | float) and not isinstance(c.ema_decay, bool)
              and (c.ema_decay == 0 or 0.5 <= c.ema_decay < 1),
              f"ema_decay={c.ema_decay!r} must be 0 (off) or in [0.5, 1); use e.g. 0.999")
+    _require(c.text_encoder_lr is None or (
+        isinstance(c.text_encoder_lr, int | float) and not isinstance(c.text_encoder_lr, bool)
+        and c.text_encoder_lr > 0),
+             f"text_encoder_lr={c.text_encoder_lr!r} must be a number > 0, or None for "
+             "learning_rate; use e.g. 5e-5")
+    _require(c.optimizer != "prodigy" or c.text_encoder_lr in (None, c.learning_rate),
+             f"optimizer='prodigy' with text_encoder_lr={c.text_encoder_lr}: Prodigy takes one "
+             "rate for all weights; set text_encoder_lr=None or use optimizer='adamw'")
     _require(c.optimizer != "prodigy" or c.loraplus_lr_ratio == 1,
              f"optimizer='prodigy' with loraplus_lr_ratio={c.loraplus_lr_ratio}: Prodigy takes "
              "one rate for all weights; set loraplus_lr_ratio=1 or use optimizer='adamw'")
@@ -332,20 +352,28 @@ def load_inference_scheduler(model: str):
 
 @dataclass(frozen=True)
 class CachedSplit:
-    """One split's images and captions as cache keys (see shoelib.latent_cache)."""
+    """One split's images and captions as cache keys (see shoelib.latent_cache).
+
+    With a trained text encoder, captions are token ids instead of cached states
+    (`token_ids`, (n, 77) int64), which the encoder turns into states at every step.
+    """
 
     cache_dir: Path
     latent_keys: tuple[dict[bool, str], ...]
     text_keys: tuple[str, ...]
     captions: tuple[str, ...]
+    token_ids: torch.Tensor | None = None
 
     def __len__(self) -> int:
-        return len(self.text_keys)
+        return len(self.captions)
 
     def latent(self, index: int, flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
         return load_latent(self.cache_dir, self.latent_keys[index][flip])
 
     def text(self, index: int) -> torch.Tensor:
+        """The caption's cached states, or its token ids when the text encoder trains."""
+        if self.token_ids is not None:
+            return self.token_ids[index]
         return load_text(self.cache_dir, self.text_keys[index])
 
 
@@ -353,7 +381,7 @@ class CachedSplit:
 class CachedInputs:
     train: CachedSplit
     val: CachedSplit | None
-    empty_text: torch.Tensor  # the "" caption: caption dropout and the CFG negative
+    empty_text: torch.Tensor  # the "" caption (states or token ids): dropout, CFG negative
     stats: dict[str, CacheStats]
 
 
@@ -370,8 +398,13 @@ def cache_inputs(config: TrainConfig, splits: dict, device: torch.device,
     cache_dir = Path(config.cache_dir)
     vae = load_component(config.model, "vae", policy.encoder_dtype).to(device).eval()
     tokenizer = load_component(config.model, "tokenizer")
-    text_encoder = load_component(config.model, "text_encoder",
-                                  policy.encoder_dtype).to(device).eval()
+    text_encoder = None
+    if config.train_text_encoder:
+        print("train_text_encoder: caption states are not cached; the text encoder, trained "
+              "with its LoRA, encodes the captions at every step")
+    else:
+        text_encoder = load_component(config.model, "text_encoder",
+                                      policy.encoder_dtype).to(device).eval()
     flips = (False, True) if config.random_flip else (False,)
     cached, stats = {}, {}
     for name, frame in splits.items():
@@ -382,14 +415,22 @@ def cache_inputs(config: TrainConfig, splits: dict, device: torch.device,
         latent_keys, stats[f"{name}_latents"] = cache_latents(
             [Path(p) for p in frame["image_path"]], config.resolution,
             flips if name == "train" else (False,), vae, cache_dir)
+        if text_encoder is None:
+            cached[name] = CachedSplit(cache_dir, tuple(latent_keys), (), tuple(frame["text"]),
+                                       token_ids=tokenize(tokenizer, list(frame["text"])))
+            continue
         text_keys, stats[f"{name}_text"] = cache_text(list(frame["text"]), tokenizer,
                                                       text_encoder, cache_dir)
         cached[name] = CachedSplit(cache_dir, tuple(latent_keys), tuple(text_keys),
                                    tuple(frame["text"]))
-    (empty_key,), _ = cache_text([""], tokenizer, text_encoder, cache_dir)
+    if text_encoder is None:
+        empty_text = tokenize(tokenizer, [""])[0]
+    else:
+        (empty_key,), _ = cache_text([""], tokenizer, text_encoder, cache_dir)
+        empty_text = load_text(cache_dir, empty_key)
     del vae, text_encoder
     free_memory(device)
-    return CachedInputs(cached["train"], cached["val"], load_text(cache_dir, empty_key), stats)
+    return CachedInputs(cached["train"], cached["val"], empty_text, stats)
 
 
 # --- the diffusion objective (pure functions; tests compare them with diffusers')
@@ -432,12 +473,15 @@ def noise_target(noise_scheduler, batch: Batch) -> torch.Tensor:
 
 
 def diffusion_loss(unet, batch: Batch, noise_scheduler, snr_gamma: float,
-                   policy: DevicePolicy, device: torch.device) -> torch.Tensor:
+                   policy: DevicePolicy, device: torch.device,
+                   text_encoder=None) -> torch.Tensor:
     """Mean squared error of the UNet's prediction on a noised batch, min-SNR weighted if
-    `snr_gamma` > 0. Computed in float32 whatever the UNet's precision."""
+    `snr_gamma` > 0. Computed in float32 whatever the UNet's precision. With a (trained)
+    `text_encoder`, batch.text holds token ids, encoded here."""
     noisy = noise_scheduler.add_noise(batch.latents, batch.noise, batch.timesteps)
     prediction = unet(noisy.to(device, policy.dtype), batch.timesteps.to(device),
-                      encoder_hidden_states=batch.text.to(device, policy.dtype),
+                      encoder_hidden_states=text_states(batch.text, text_encoder, device,
+                                                        policy.dtype),
                       return_dict=False)[0]
     target = noise_target(noise_scheduler, batch).to(device)
     per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(
@@ -446,6 +490,15 @@ def diffusion_loss(unet, batch: Batch, noise_scheduler, snr_gamma: float,
         per_sample = per_sample * min_snr_weights(noise_scheduler, batch.timesteps,
                                                   snr_gamma).to(device)
     return per_sample.mean()
+
+
+def text_states(text: torch.Tensor, text_encoder, device: torch.device,
+                dtype: torch.dtype) -> torch.Tensor:
+    """Caption states for the UNet: `text` itself (cached states), or the text encoder's last
+    hidden states of `text` (token ids) when the encoder trains."""
+    if text_encoder is None:
+        return text.to(device, dtype)
+    return text_encoder(text.to(device), return_dict=False)[0].to(dtype)
 
 
 def sample_batch(split: CachedSplit, indices: list[int], generator: torch.Generator,
@@ -653,7 +706,7 @@ def check_resume(checkpoint: Path, config: TrainConfig, num_processes: int,
 
 
 def save_checkpoint(config: TrainConfig, accelerator, unet, optimizer, lr_scheduler,
-                    state: LoopState, train_data: str) -> Path:
+                    state: LoopState, train_data: str, text_encoder=None) -> Path:
     """Write checkpoints/step_NNNNNN atomically (staging folder, then rename); keep the last K.
 
     Every process writes its own random states; the main process writes the rest and, last,
@@ -672,6 +725,9 @@ def save_checkpoint(config: TrainConfig, accelerator, unet, optimizer, lr_schedu
 
         save_file(peft_lora_state_dict(accelerator.unwrap_model(unet)),
                   str(staging / "lora.safetensors"))
+        if text_encoder is not None:
+            save_file(peft_lora_state_dict(accelerator.unwrap_model(text_encoder)),
+                      str(staging / TEXT_ENCODER_LORA_FILE))
         scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else {}
         torch.save({"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
                     "data_order": state.order.state_dict(), "scaler": scaler},
@@ -696,13 +752,17 @@ def save_checkpoint(config: TrainConfig, accelerator, unet, optimizer, lr_schedu
 
 
 def load_checkpoint(folder: Path, accelerator, unet, optimizer, lr_scheduler,
-                    state: LoopState) -> None:
+                    state: LoopState, text_encoder=None) -> None:
     """Restore a checkpoint written by `save_checkpoint` into the live objects."""
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     set_peft_model_state_dict(accelerator.unwrap_model(unet),
                               load_file(str(folder / "lora.safetensors")), adapter_name="default")
+    if text_encoder is not None:
+        set_peft_model_state_dict(accelerator.unwrap_model(text_encoder),
+                                  load_file(str(folder / TEXT_ENCODER_LORA_FILE)),
+                                  adapter_name="default")
     saved = torch.load(folder / "training_state.pt", weights_only=True)
     optimizer.load_state_dict(saved["optimizer"])
     lr_scheduler.load_state_dict(saved["lr_scheduler"])
@@ -721,7 +781,7 @@ def load_checkpoint(folder: Path, accelerator, unet, optimizer, lr_scheduler,
 # --- validation
 
 def validation_loss(unet, split: CachedSplit, noise_scheduler, config: TrainConfig,
-                    policy: DevicePolicy, device: torch.device) -> float:
+                    policy: DevicePolicy, device: torch.device, text_encoder=None) -> float:
     """Plain MSE on the validation split with the same latents, noise and timesteps every
     time (drawn from a generator seeded with the run's seed), so values are comparable
     across steps."""
@@ -733,7 +793,8 @@ def validation_loss(unet, split: CachedSplit, noise_scheduler, config: TrainConf
         batch = sample_batch(split, indices, generator, plain,
                              noise_scheduler.config.num_train_timesteps, empty_text=None)
         with torch.no_grad():
-            total += diffusion_loss(unet, batch, noise_scheduler, 0.0, policy, device).item() * len(indices)
+            total += diffusion_loss(unet, batch, noise_scheduler, 0.0, policy, device,
+                                    text_encoder).item() * len(indices)
         count += len(indices)
     return total / count
 
@@ -822,6 +883,10 @@ def kohya_metadata(config: TrainConfig, steps: int, num_images: int,
         "ss_caption_dropout_rate": config.caption_dropout, "ss_flip_aug": config.random_flip,
         "ss_target_modules": ",".join(LORA_TARGET_MODULES),
         "ss_mixed_precision": mixed_precision, "ss_optimizer": config.optimizer,
+        "ss_network_train_unet_only": not config.train_text_encoder,
+        "ss_unet_lr": config.learning_rate,
+        "ss_text_encoder_lr": (config.text_encoder_lr or config.learning_rate
+                               if config.train_text_encoder else 0.0),
         "ss_ema_decay": config.ema_decay, "ss_channels_last": config.channels_last,
         "ss_allow_tf32": config.allow_tf32, "ss_torch_compile": config.torch_compile,
         **({"ss_network_args": json.dumps(network_args)} if network_args else {}),
@@ -905,15 +970,18 @@ def _train(config: TrainConfig, policy: DevicePolicy, progress: bool) -> TrainRe
         inputs = cache_inputs(config, splits, accelerator.device, policy)
     prompts = validation_prompts(config, inputs)
     # 3. The frozen UNet with its trainable LoRA, the optimizer and the LR schedule.
-    unet, noise_scheduler, optimizer, lr_scheduler = trainable_unet(config, policy, accelerator)
-    lora_params = [p for p in unet.parameters() if p.requires_grad]
+    unet, text_encoder, noise_scheduler, optimizer, lr_scheduler = trainable_models(
+        config, policy, accelerator)
+    lora_params = [p for model in (unet, text_encoder) if model is not None
+                   for p in model.parameters() if p.requires_grad]
     # 4. Run state; resume from the latest checkpoint if there is one.
     state = LoopState(step=0, order=DataOrder(len(inputs.train), config.seed),
                       generator=cpu_generator(config.seed + 1 + accelerator.process_index),
                       history=History(), ema=lora_ema(config, lora_params))
     resumed_from = None
     if previous:
-        load_checkpoint(previous, accelerator, unet, optimizer, lr_scheduler, state)
+        load_checkpoint(previous, accelerator, unet, optimizer, lr_scheduler, state,
+                        text_encoder)
         resumed_from = state.step
     accelerator.init_trackers("lora", config={k: v if isinstance(v, int | float | str | bool)
                                               else str(v) for k, v in config.to_dict().items()})
@@ -926,12 +994,12 @@ def _train(config: TrainConfig, policy: DevicePolicy, progress: bool) -> TrainRe
     try:
         if state.step == 0 and config.validation_every:  # the base model, for comparison
             last_images = run_validation(config, accelerator, unet, inputs, noise_scheduler,
-                                         policy, state, prompts)
-        unet.train()
+                                         policy, state, prompts, text_encoder)
+        train_mode(unet, text_encoder)
         while state.step < config.max_train_steps:
             started = time.perf_counter()
             step_loss = accumulate_gradients(config, accelerator, unet, inputs, noise_scheduler,
-                                             policy, state)
+                                             policy, state, text_encoder)
             accelerator.clip_grad_norm_(lora_params, config.max_grad_norm)
             optimizer.step()
             lr_scheduler.step()
@@ -949,16 +1017,17 @@ def _train(config: TrainConfig, policy: DevicePolicy, progress: bool) -> TrainRe
             if config.validation_every and (state.step % config.validation_every == 0 or done):
                 with ema_weights(state.ema, lora_params):
                     last_images = run_validation(config, accelerator, unet, inputs,
-                                                 noise_scheduler, policy, state, prompts)
-                unet.train()
+                                                 noise_scheduler, policy, state, prompts,
+                                                 text_encoder)
+                train_mode(unet, text_encoder)
             if done or (config.checkpoint_every and state.step % config.checkpoint_every == 0):
                 save_checkpoint(config, accelerator, unet, optimizer, lr_scheduler, state,
-                                train_data)
+                                train_data, text_encoder)
         bar.close()
         # 6. Export the LoRA in diffusers and kohya formats.
         with ema_weights(state.ema, lora_params):
             lora_diffusers, lora_kohya = export_lora(config, accelerator, unet, state.step,
-                                                     len(inputs.train))
+                                                     len(inputs.train), text_encoder)
     finally:
         bar.close()
         accelerator.end_training()
@@ -1006,6 +1075,13 @@ def ema_weights(ema, lora_params: list) -> Iterator[None]:
         ema.restore(lora_params)
 
 
+def train_mode(*models) -> None:
+    """Put the trained models (None: not trained) back in training mode after validation."""
+    for model in models:
+        if model is not None:
+            model.train()
+
+
 def check_inputs(config: TrainConfig) -> dict:
     """The train and val splits, read and checked, after checking the model location.
 
@@ -1042,15 +1118,17 @@ def validation_prompts(config: TrainConfig, inputs: CachedInputs) -> tuple[str, 
     return source.captions[:min(config.num_validation_prompts, len(source))]
 
 
-def trainable_unet(config: TrainConfig, policy: DevicePolicy, accelerator):
+def trainable_models(config: TrainConfig, policy: DevicePolicy, accelerator):
     """The UNet, frozen in the policy's dtype, with a trainable LoRA on its attention
-    projections, plus the noise scheduler, the optimizer and the LR schedule.
+    projections (and the text encoder with one on its attention projections when
+    train_text_encoder), plus the noise scheduler, the optimizer and the LR schedule.
 
     The seed is set here, so every process builds the same initial LoRA. The LR schedule is
     stepped by hand once per optimizer step (accelerate would step it once per process).
 
     Returns:
-        (unet prepared by accelerate, noise scheduler, optimizer, LR scheduler).
+        (unet, text encoder or None, both prepared by accelerate, noise scheduler,
+        optimizer, LR scheduler).
     """
     from accelerate.utils import set_seed
     from diffusers.optimization import get_scheduler
@@ -1072,17 +1150,31 @@ def trainable_unet(config: TrainConfig, policy: DevicePolicy, accelerator):
         unet.to(memory_format=torch.channels_last)
     if config.allow_tf32 and policy.device == "cuda":
         allow_tf32()
+    text_encoder = None
+    if config.train_text_encoder:
+        text_encoder = load_component(config.model, "text_encoder",
+                                      policy.dtype).to(accelerator.device)
+        text_encoder.requires_grad_(False)
+        add_text_encoder_lora(text_encoder, LoraConfig(
+            r=config.lora_rank, lora_alpha=config.lora_alpha, init_lora_weights="gaussian",
+            use_dora=config.use_dora, target_modules=list(TEXT_ENCODER_LORA_TARGET_MODULES)))
+        cast_training_params(text_encoder, dtype=torch.float32)
+        if config.gradient_checkpointing:
+            text_encoder.gradient_checkpointing_enable()
     noise_scheduler = load_component(config.model, "scheduler")
-    optimizer = make_optimizer(config, unet)
+    optimizer = make_optimizer(config, unet, text_encoder)
     lr_scheduler = get_scheduler(config.lr_scheduler, optimizer,
                                  num_warmup_steps=config.lr_warmup_steps,
                                  num_training_steps=config.max_train_steps)
-    unet, optimizer = accelerator.prepare(unet, optimizer)
+    if text_encoder is None:
+        unet, optimizer = accelerator.prepare(unet, optimizer)
+    else:
+        unet, text_encoder, optimizer = accelerator.prepare(unet, text_encoder, optimizer)
     if config.torch_compile:
         # In place (Module.compile: no wrapper, so state-dict keys and unwrap_model are as
         # without it), after accelerate's DDP wrapping, as PyTorch advises.
         unet.compile()
-    return unet, noise_scheduler, optimizer, lr_scheduler
+    return unet, text_encoder, noise_scheduler, optimizer, lr_scheduler
 
 
 def allow_tf32() -> None:
@@ -1097,23 +1189,28 @@ def attention_processors(unet) -> tuple[str, ...]:
     return tuple(sorted({type(p).__name__ for p in unet.attn_processors.values()}))
 
 
-def make_optimizer(config: TrainConfig, unet) -> torch.optim.Optimizer:
-    """config.optimizer over the UNet's trainable (LoRA) weights.
+def make_optimizer(config: TrainConfig, unet, text_encoder=None) -> torch.optim.Optimizer:
+    """config.optimizer over the trainable (LoRA) weights of the UNet and the text encoder.
 
-    With LoRA+ (loraplus_lr_ratio > 1; Hayou et al. 2024) the B (up) matrices are a second
-    parameter group at ratio x learning_rate, which the LR schedule scales alike. Without it
-    there is one group in the modules' order, as checkpoints written before LoRA+ expect.
+    The text encoder's LoRA is its own group at text_encoder_lr. With LoRA+
+    (loraplus_lr_ratio > 1; Hayou et al. 2024) each model's B (up) matrices are another
+    group at ratio x its rate; the LR schedule scales every group alike. With neither there
+    is one group in the modules' order, as checkpoints written before them expect.
     Adafactor runs with the given rate (no relative step, no parameter scaling), as kohya's
     recommended settings do, so that the LR schedule means the same for every optimizer.
     """
-    named = [(name, p) for name, p in unet.named_parameters() if p.requires_grad]
-    if config.loraplus_lr_ratio == 1:
-        groups = [{"params": [p for _, p in named], "lr": config.learning_rate}]
-    else:
-        groups = [{"params": [p for n, p in named if ".lora_B." not in n],
-                   "lr": config.learning_rate},
-                  {"params": [p for n, p in named if ".lora_B." in n],
-                   "lr": config.learning_rate * config.loraplus_lr_ratio}]
+    models = [(unet, config.learning_rate)]
+    if text_encoder is not None:
+        models.append((text_encoder, config.text_encoder_lr or config.learning_rate))
+    groups = []
+    for model, lr in models:
+        named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        if config.loraplus_lr_ratio == 1:
+            groups.append({"params": [p for _, p in named], "lr": lr})
+        else:
+            groups += [{"params": [p for n, p in named if ".lora_B." not in n], "lr": lr},
+                       {"params": [p for n, p in named if ".lora_B." in n],
+                        "lr": lr * config.loraplus_lr_ratio}]
     if config.optimizer == "adamw8bit":
         from bitsandbytes.optim import AdamW8bit
 
@@ -1131,7 +1228,8 @@ def make_optimizer(config: TrainConfig, unet) -> torch.optim.Optimizer:
 
 
 def accumulate_gradients(config: TrainConfig, accelerator, unet, inputs: CachedInputs,
-                         noise_scheduler, policy: DevicePolicy, state: LoopState) -> float:
+                         noise_scheduler, policy: DevicePolicy, state: LoopState,
+                         text_encoder=None) -> float:
     """Forward and backward over `gradient_accumulation_steps` micro-batches of
     `train_batch_size` images on each process; returns the step's loss (mean over processes).
 
@@ -1148,10 +1246,13 @@ def accumulate_gradients(config: TrainConfig, accelerator, unet, inputs: CachedI
                              noise_scheduler.config.num_train_timesteps, inputs.empty_text)
         # Gradients are all-reduced across processes only on the last micro-batch.
         last = k == config.gradient_accumulation_steps - 1
-        with nullcontext() if last else accelerator.no_sync(unet):
+        with ExitStack() as no_sync:
+            for model in (unet, text_encoder):
+                if model is not None and not last:
+                    no_sync.enter_context(accelerator.no_sync(model))
             with accelerator.autocast():
                 loss = diffusion_loss(unet, batch, noise_scheduler, config.snr_gamma,
-                                      policy, accelerator.device)
+                                      policy, accelerator.device, text_encoder)
             accelerator.backward(loss / config.gradient_accumulation_steps)
         losses.append(loss.detach())
     step_loss = accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
@@ -1167,7 +1268,7 @@ def accumulate_gradients(config: TrainConfig, accelerator, unet, inputs: CachedI
 
 
 def export_lora(config: TrainConfig, accelerator, unet, steps: int,
-                num_images: int) -> tuple[Path, Path]:
+                num_images: int, text_encoder=None) -> tuple[Path, Path]:
     """Write the trained LoRA in diffusers and kohya formats (main process), then wait.
 
     Returns:
@@ -1177,17 +1278,21 @@ def export_lora(config: TrainConfig, accelerator, unet, steps: int,
     lora_kohya = Path(config.output_dir) / KOHYA_WEIGHT_NAME
     if accelerator.is_main_process:
         final_unet = accelerator.unwrap_model(unet)
-        save_diffusers_lora(final_unet, lora_diffusers)
+        final_encoder = accelerator.unwrap_model(text_encoder) if text_encoder is not None else None
+        save_diffusers_lora(final_unet, lora_diffusers, final_encoder)
         save_kohya_lora(final_unet, config.lora_alpha, lora_kohya,
-                        kohya_metadata(config, steps, num_images, accelerator.mixed_precision))
+                        kohya_metadata(config, steps, num_images, accelerator.mixed_precision),
+                        final_encoder)
     accelerator.wait_for_everyone()
     return lora_diffusers, lora_kohya
 
 
 def run_validation(config: TrainConfig, accelerator, unet, inputs: CachedInputs,
                    noise_scheduler, policy: DevicePolicy, state: LoopState,
-                   prompts: tuple[str, ...]) -> np.ndarray | None:
+                   prompts: tuple[str, ...], text_encoder=None) -> np.ndarray | None:
     """Validation loss and images on the main process, recorded in `state.history`.
+
+    With a trained `text_encoder`, captions are encoded by it (with its LoRA) here.
 
     Returns:
         The images (n, h, w, 3) on the main process, None elsewhere or without prompts.
@@ -1196,17 +1301,23 @@ def run_validation(config: TrainConfig, accelerator, unet, inputs: CachedInputs,
     if accelerator.is_main_process:
         model = accelerator.unwrap_model(unet)
         model.eval()
+        encoder = accelerator.unwrap_model(text_encoder) if text_encoder is not None else None
+        if encoder is not None:
+            encoder.eval()
         with accelerator.autocast():
             if inputs.val is not None:
                 loss = validation_loss(model, inputs.val, noise_scheduler, config, policy,
-                                       accelerator.device)
+                                       accelerator.device, encoder)
                 state.history.val_loss.append([state.step, loss])
                 accelerator.log({"loss/val": loss}, step=state.step)
             if prompts:
                 source = inputs.val if inputs.val is not None else inputs.train
-                embeds = [source.text(i) for i in range(len(prompts))]
-                images = validation_images(model, embeds, inputs.empty_text, config,
-                                           accelerator.device)
+                with torch.no_grad():
+                    embeds = [text_states(source.text(i)[None], encoder, accelerator.device,
+                                          torch.float32)[0] for i in range(len(prompts))]
+                    empty = text_states(inputs.empty_text[None], encoder, accelerator.device,
+                                        torch.float32)[0]
+                images = validation_images(model, embeds, empty, config, accelerator.device)
         if images is not None:
             grid = save_validation_grid(images, Path(config.output_dir) / "validation"
                                         / f"step_{state.step:06d}.png")

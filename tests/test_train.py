@@ -631,6 +631,7 @@ def _crash_after(stop: int):
     ("loraplus_lr_ratio", 0.5, "loraplus_lr_ratio=0.5 must be a number >= 1"),
     ("ema_decay", 1.0, "ema_decay=1.0 must be 0 (off) or in [0.5, 1)"),
     ("use_dora", "yes", "use_dora='yes' must be true or false"),
+    ("text_encoder_lr", 0, "text_encoder_lr=0 must be a number > 0, or None for learning_rate"),
 ])
 def test_bad_trainer_options_are_refused_with_value_and_fix(tiny_sd_dir, data, tmp_path, field,
                                                             value, words):
@@ -708,7 +709,8 @@ def read_kohya_header(result) -> dict:
     {"optimizer": "adafactor"},
     {"ema_decay": 0.9},
     {"use_dora": True, "loraplus_lr_ratio": 8},
-], ids=["prodigy", "adafactor", "ema", "dora-loraplus"])
+    {"train_text_encoder": True, "text_encoder_lr": 2e-3, "ema_decay": 0.8},
+], ids=["prodigy", "adafactor", "ema", "dora-loraplus", "text-encoder-ema"])
 def test_each_option_resumes_to_the_same_weights(tiny_sd_dir, data, tmp_path, monkeypatch, options):
     values = dict(max_train_steps=4, validation_every=0, checkpoint_every=2, **options)
     straight = train(small_config(tiny_sd_dir, data, tmp_path / "straight", **values),
@@ -863,3 +865,45 @@ def test_torch_compile_trains_the_same_lora(tiny_sd_dir, data, tmp_path, monkeyp
     assert kinds == [True, True]
     a, b = load_file(str(eager.lora_diffusers)), load_file(str(compiled.lora_diffusers))
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+def test_text_encoder_lora_trains_and_both_files_redraw_the_validation_images(
+        tiny_sd_dir, data, tmp_path, capsys):
+    from diffusers import StableDiffusionPipeline
+
+    config = small_config(tiny_sd_dir, data, tmp_path, train_text_encoder=True,
+                          text_encoder_lr=1e-2, max_train_steps=4, validation_every=4,
+                          checkpoint_every=0)
+    result = train(config, progress=False)
+    assert "caption states are not cached" in capsys.readouterr().out
+    saved = load_file(str(result.lora_diffusers))
+    text_keys = [k for k in saved if k.startswith("text_encoder.")]
+    assert text_keys and any(saved[k].abs().max() > 0 for k in text_keys if ".up." in k)
+    kohya = load_file(str(result.lora_kohya))
+    # A1111, ComfyUI and kohya name SD 1.x text-encoder layers from text_model
+    assert any(k.startswith("lora_te_text_model_encoder_layers_0_self_attn_q_proj.") for k in kohya)
+    header = read_kohya_header(result)
+    assert header["ss_network_train_unet_only"] == "False" and header["ss_text_encoder_lr"] == "0.01"
+    groups = torch.load(tmp_path / "checkpoints" / "step_000004" / "training_state.pt",
+                        weights_only=True)["optimizer"]["param_groups"]
+    assert [g["initial_lr"] for g in groups] == [5e-3, 1e-2]  # UNet, then the text encoder
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_dir, safety_checker=None,
+                                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+
+    def draw():
+        return np.stack([pipe(prompt, num_inference_steps=3, guidance_scale=7.5, height=64,
+                              width=64, generator=torch.Generator().manual_seed(config.seed + i),
+                              output_type="np").images[0]
+                         for i, prompt in enumerate(result.validation_prompts)])
+
+    apply_lora(pipe, result.lora_diffusers)
+    with_text_lora = draw()
+    np.testing.assert_allclose(with_text_lora, result.last_images, atol=1e-5)
+    apply_lora(pipe, result.lora_kohya)
+    np.testing.assert_allclose(draw(), result.last_images, atol=1e-5)
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for layer in pipe.text_encoder.modules():  # the text encoder's LoRA is part of the images
+        if isinstance(layer, BaseTunerLayer):
+            layer.enable_adapters(False)
+    assert np.abs(draw() - with_text_lora).max() > 1e-4
