@@ -8,6 +8,8 @@ can show it.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,8 +37,10 @@ class ClassifierConfig:
         batch_size: images per optimiser step.
         learning_rate: AdamW learning rate.
         weight_decay: AdamW weight decay.
-        architecture: "tiny" (TinyColourCNN: colour needs little) or "small" (SmallCNN:
-            four batch-normalised stages, for article types, whose shapes need more).
+        architecture: "tiny" (TinyColourCNN: colour needs little), "small" (SmallCNN:
+            four batch-normalised stages, for article types, whose shapes need more) or
+            "probe" (a linear probe on the frozen image embeddings of `backbone`).
+        backbone: for "probe": a DINOv2 or CLIP model, hub id or local folder.
         device: torch device.
         threads: CPU threads while training; a model this small gains nothing from more,
             and on a busy machine extra threads made each step 10x slower.
@@ -48,6 +52,7 @@ class ClassifierConfig:
     learning_rate: float = 3e-3
     weight_decay: float = 1e-4
     architecture: str = "tiny"
+    backbone: str = ""
     device: str = "cpu"
     threads: int = 1
 
@@ -97,7 +102,72 @@ class SmallCNN(nn.Module):
         return self.net(x)
 
 
-ARCHITECTURES = {"tiny": TinyColourCNN, "small": SmallCNN}
+class BackboneProbe(nn.Module):
+    """A linear classifier on a frozen pretrained encoder's image embeddings.
+
+    Takes the same input as the CNNs (pixels in [-0.5, 0.5]) and turns it back into images
+    for the encoder. Embeddings are kept per distinct image (and mirror image), so the
+    encoder sees each once however many training sets and seeds reuse it.
+    """
+
+    def __init__(self, n_classes: int, backbone) -> None:
+        super().__init__()
+        self.backbone = backbone
+        dim = int(backbone.describe()["dim"])
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False)  # embeddings of any scale
+        self.head = nn.Linear(dim, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.backbone_embeddings(x)))
+
+    def backbone_embeddings(self, x: torch.Tensor) -> torch.Tensor:
+        pixels = ((x.detach().cpu() + 0.5) * 255).round().clamp(0, 255).to(torch.uint8)
+        pixels = pixels.permute(0, 2, 3, 1).numpy()
+        keys = [hashlib.sha1(p.tobytes()).hexdigest() for p in pixels]
+        cache = _embedding_cache(self.backbone)
+        missing = {k: i for i, k in enumerate(keys) if k not in cache}  # last index per image
+        if missing:
+            images = [Image.fromarray(pixels[i]) for i in missing.values()]
+            for k, row in zip(missing, self.backbone(images), strict=True):
+                cache[k] = torch.from_numpy(np.asarray(row, dtype=np.float32))
+        return torch.stack([cache[k] for k in keys]).to(x.device)
+
+
+_EMBEDDINGS: dict[int, dict[str, torch.Tensor]] = {}
+
+
+def _embedding_cache(backbone) -> dict[str, torch.Tensor]:
+    return _EMBEDDINGS.setdefault(id(backbone), {})
+
+
+class BackboneError(ValueError):
+    """A classifier backbone that cannot be loaded or is not an image encoder we know."""
+
+
+@functools.cache
+def load_backbone(source: str):
+    """The frozen image encoder of a probe: a DINOv2 or CLIP model, by hub id or folder
+    (loaded once per process)."""
+    from transformers import AutoConfig
+
+    from shoelib import metrics as M
+
+    try:
+        kind = AutoConfig.from_pretrained(source).model_type
+    except (OSError, ValueError) as err:
+        raise BackboneError(
+            f"study_backbone={source!r} could not be loaded ({type(err).__name__}); pass a "
+            "DINOv2 or CLIP model: a hub id (e.g. facebook/dinov2-base) or a local folder "
+            "(`hf download <id> --local-dir models/<name>` on a machine with network)") from None
+    if kind == "dinov2":
+        return M.DinoFeatures(source)
+    if kind == "clip":
+        return M.ClipFeatures(M.load_clip(source))
+    raise BackboneError(f"study_backbone={source!r} is a {kind!r} model; the probe takes a "
+                        "DINOv2 or CLIP image encoder")
+
+
+ARCHITECTURES = {"tiny": TinyColourCNN, "small": SmallCNN, "probe": BackboneProbe}
 
 
 def load_pixels(paths: Sequence[str | Path], image_px: int) -> np.ndarray:
@@ -154,9 +224,12 @@ def _train(data: LabelledSet, n_classes: int, config: ClassifierConfig, seed: in
     if config.architecture not in ARCHITECTURES:
         raise ValueError(f"architecture={config.architecture!r} is not one of {sorted(ARCHITECTURES)}")
     torch.manual_seed(seed)
-    model = ARCHITECTURES[config.architecture](n_classes).to(config.device)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
-                            weight_decay=config.weight_decay)
+    if config.architecture == "probe":
+        model = BackboneProbe(n_classes, load_backbone(config.backbone)).to(config.device)
+    else:
+        model = ARCHITECTURES[config.architecture](n_classes).to(config.device)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                            lr=config.learning_rate, weight_decay=config.weight_decay)
     x, y = _to_tensor(data.x), torch.from_numpy(data.y)
     gen = torch.Generator().manual_seed(seed)
     model.train()

@@ -31,6 +31,7 @@ import pandas as pd
 from shoelib.classifier import (
     ClassifierConfig,
     LabelledSet,
+    load_backbone,
     predict,
     torch_threads,
     train_classifier,
@@ -95,9 +96,17 @@ def _number_list(value, param: str, example: str) -> tuple[float, ...]:
     return tuple(value)
 
 
+CLASSIFIERS = ("small", "probe")
+
+
 def config_from_params(*, study_fractions, study_synthetic_multiples, study_seeds, study_steps,
-                       study_image_px, study_tasks, cpu_threads) -> tuple[StudyConfig, list[str]]:
-    """09's parameters as a StudyConfig and its tasks; a bad value is one line naming it."""
+                       study_image_px, study_tasks, cpu_threads, study_classifier="small",
+                       study_backbone="") -> tuple[StudyConfig, list[str]]:
+    """09's parameters as a StudyConfig and its tasks; a bad value is one line naming it.
+
+    A probe's backbone is loaded here, so a model that cannot load stops the study before
+    any classifier trains.
+    """
     from shoelib import checks
 
     fractions = _number_list(study_fractions, "study_fractions", "[0.1, 0.25, 0.5, 1.0]")
@@ -108,10 +117,20 @@ def config_from_params(*, study_fractions, study_synthetic_multiples, study_seed
     if (not isinstance(study_tasks, (list, tuple)) or not study_tasks
             or any(t not in TASKS for t in study_tasks)):
         raise StudyConfigError(f"study_tasks={study_tasks!r} must be a list drawn from {list(TASKS)}")
+    if study_classifier not in CLASSIFIERS:
+        raise StudyConfigError(f"study_classifier={study_classifier!r} must be one of "
+                               f"{list(CLASSIFIERS)} (small: a CNN from scratch; probe: a linear "
+                               "probe on study_backbone's embeddings)")
+    if study_classifier == "probe":
+        if not isinstance(study_backbone, str) or not study_backbone.strip():
+            raise StudyConfigError("study_classifier='probe' needs study_backbone: a DINOv2 or "
+                                   "CLIP model, e.g. facebook/dinov2-base or a local folder")
+        load_backbone(study_backbone)
     classifier = ClassifierConfig(
         image_px=checks.whole_number(study_image_px, "study_image_px", 8, 64, StudyConfigError),
         steps=checks.whole_number(study_steps, "study_steps", 1, 300, StudyConfigError),
-        architecture="small",
+        architecture=study_classifier,
+        backbone=study_backbone if study_classifier == "probe" else "",
         threads=max(1, checks.whole_number(cpu_threads, "cpu_threads", 0, 1, StudyConfigError)))
     return StudyConfig(fractions=fractions, synthetic_multiples=multiples, seeds=tuple(seeds),
                        classifier=classifier), list(study_tasks)

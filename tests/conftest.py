@@ -33,6 +33,22 @@ def real_catalog_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_dinov2(tmp_path_factory):
+    """A random 2-layer Dinov2Model and a model-card-style image processor saved to a folder."""
+    import torch
+    from transformers import BitImageProcessorPil, Dinov2Config, Dinov2Model
+
+    folder = tmp_path_factory.mktemp("dinov2")
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                             intermediate_size=64, image_size=28, patch_size=14)).save_pretrained(folder)
+    BitImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 28, "width": 28},
+                         resample=Image.Resampling.BICUBIC, image_mean=[0.485, 0.456, 0.406],
+                         image_std=[0.229, 0.224, 0.225]).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_sd_dir(tmp_path_factory) -> Path:
     """The tiny offline SD pipeline in diffusers folder layout, built once per test session."""
     from shoelib.tiny_sd import build_tiny_sd

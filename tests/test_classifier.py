@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from shoelib import classifier as C
 from shoelib.metrics import PALETTE
@@ -111,3 +112,31 @@ def test_load_pixels_reduces_images(tmp_path):
     assert isinstance(C.summarise_study(pd.DataFrame(
         [{"training_set": "real", "seed": 0, "n_train": 1, "n_test": 1, "accuracy": 1.0,
           "macro_f1": 1.0}])), pd.DataFrame)
+
+
+# --- a linear probe on a pretrained image encoder (here a tiny random DINOv2, offline)
+
+def test_backbone_probe_learns_on_frozen_embeddings_and_encodes_each_image_once(tiny_dinov2,
+                                                                                 monkeypatch):
+    colours = ["Red", "Blue", "Green"]
+    train, test = colour_set("real", colours, 12, 0), colour_set("test", colours, 6, 1)
+    config = C.ClassifierConfig(image_px=PX, steps=150, batch_size=16, learning_rate=2e-2,
+                                architecture="probe", backbone=str(tiny_dinov2))
+    backbone = C.load_backbone(str(tiny_dinov2))
+    frozen = {k: v.clone() for k, v in backbone.model.state_dict().items()}
+    encoded = []
+    real_call = type(backbone).__call__
+    monkeypatch.setattr(type(backbone), "__call__",
+                        lambda self, images: encoded.append(len(images)) or real_call(self, images))
+    runs = C.run_classifiers([train], test, len(colours), config, seeds=[0, 1])
+    assert runs["accuracy"].min() > 0.8  # chance is 1/3: colour survives a random encoder
+    # each distinct image and mirror image once, however many steps and seeds saw it
+    assert sum(encoded) <= 2 * len(train) + len(test)
+    assert all(torch.equal(frozen[k], v) for k, v in backbone.model.state_dict().items())
+
+
+def test_an_unloadable_backbone_is_one_line_naming_the_parameter(tmp_path):
+    with pytest.raises(C.BackboneError) as err:
+        C.load_backbone(str(tmp_path / "no-such-model"))
+    assert "\n" not in str(err.value) and "study_backbone=" in str(err.value)
+    assert "hf download" in str(err.value)

@@ -462,21 +462,6 @@ def test_memorisation_flags_pairs_above_a_fixed_copy_threshold():
 # --- hub-loaded models: DINOv2 and SSCD, offline with tiny random weights
 
 
-@pytest.fixture(scope="module")
-def tiny_dinov2(tmp_path_factory):
-    """A random 2-layer Dinov2Model and a model-card-style image processor saved to a folder."""
-    from transformers import BitImageProcessorPil, Dinov2Config, Dinov2Model
-
-    folder = tmp_path_factory.mktemp("dinov2")
-    torch.manual_seed(0)
-    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                             intermediate_size=64, image_size=28, patch_size=14)).save_pretrained(folder)
-    BitImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 28, "width": 28},
-                         resample=Image.Resampling.BICUBIC, image_mean=[0.485, 0.456, 0.406],
-                         image_std=[0.229, 0.224, 0.225]).save_pretrained(folder)
-    return folder
-
-
 def test_dinov2_loads_from_a_folder_and_preprocesses_as_its_processor_says(tiny_dinov2):
     from shoelib import evaluation as E
 

@@ -127,3 +127,23 @@ def test_a_rerun_trains_only_what_is_missing(footwear, tmp_path, monkeypatch):
     calls.clear()
     study.run_study(real, spare, test, CLASSES, other, tmp_path)
     assert len(calls) == 10
+
+
+PARAMS = dict(study_fractions=[0.1, 1.0], study_synthetic_multiples=[1], study_seeds=[0, 1, 2],
+              study_steps=10, study_image_px=32, study_tasks=["article type"], cpu_threads=1)
+
+
+def test_the_probe_classifier_takes_a_backbone_and_a_bad_one_stops_before_training(
+        tiny_dinov2, tmp_path):
+    config, _ = study.config_from_params(**PARAMS, study_classifier="probe",
+                                         study_backbone=str(tiny_dinov2))
+    assert (config.classifier.architecture, config.classifier.backbone) == ("probe", str(tiny_dinov2))
+    small, _ = study.config_from_params(**PARAMS)
+    assert (small.classifier.architecture, small.classifier.backbone) == ("small", "")
+    with pytest.raises(study.StudyConfigError, match="needs study_backbone"):
+        study.config_from_params(**PARAMS, study_classifier="probe")
+    with pytest.raises(study.StudyConfigError, match="study_classifier='vit' must be one of"):
+        study.config_from_params(**PARAMS, study_classifier="vit")
+    with pytest.raises(ValueError, match="study_backbone=.* could not be loaded"):
+        study.config_from_params(**PARAMS, study_classifier="probe",
+                                 study_backbone=str(tmp_path / "missing"))
