@@ -7,7 +7,9 @@
 Layout written under processed/<category slug>/:
 
     train/ val/ test/        <id>.png (size x size), <id>.txt (caption, kohya sidecar),
-                             metadata.jsonl (Hugging Face `imagefolder`: file_name, text, ...)
+                             masks/<id>.png (foreground mask, 255 = product),
+                             metadata.jsonl (Hugging Face `imagefolder`: file_name, text,
+                             mask_file_name, ...)
     metadata.json            split counts, colour counts per split, parameters, skipped images
     README.md                dataset card (how to load it, how to train on it)
     prepare_manifest.jsonl   what was prepared from which source file (resuming)
@@ -34,9 +36,13 @@ from shoelib.captions import DEFAULT_TEMPLATE, FIELDS, check_template, fill, is_
 from shoelib.images import (
     MIN_IMAGE_SIDE,
     PREPARATION_VERSION,
+    MASKS_DIR,
     PrepareConfig,
+    mask_path,
+    open_image,
     prepare_images,
     size_problem,
+    write_mask,
 )
 from shoelib.io import atomic_path, folder_lock, remove_temp_files, write_json, write_text
 from shoelib.paths import resolve
@@ -139,7 +145,7 @@ class DatasetConfig:
 
     def prepare_config(self) -> PrepareConfig:
         return PrepareConfig(size=self.image_size, compress_level=self.png_compress_level,
-                             min_side=self.min_image_side)
+                             min_side=self.min_image_side, masks=True)
 
     def parameters(self) -> dict[str, Any]:
         """The settings as recorded in metadata.json."""
@@ -459,8 +465,9 @@ def export_dataset(plan: DatasetPlan, out_dir: str | Path, config: DatasetConfig
 def _export_locked(plan: DatasetPlan, out_dir: Path, config: DatasetConfig,
                    progress: bool) -> ExportResult:
     for name in SPLITS:
-        (out_dir / name).mkdir(parents=True, exist_ok=True)
-    remove_temp_files(out_dir, *(out_dir / s for s in SPLITS))
+        (out_dir / name / MASKS_DIR).mkdir(parents=True, exist_ok=True)
+    remove_temp_files(out_dir, *(out_dir / s for s in SPLITS),
+                      *(out_dir / s / MASKS_DIR for s in SPLITS))
     rows = plan.rows.copy()
     rows["file_name"] = rows["id"].map(lambda i: f"{int(i)}.png")
     rows["png_path"] = [str(out_dir / s / f) for s, f in zip(rows["split"], rows["file_name"],
@@ -486,6 +493,7 @@ def _export_locked(plan: DatasetPlan, out_dir: Path, config: DatasetConfig,
                 lost.append({"id": entry["id"], "reason": "image unreadable",
                              "detail": result.error})
     _write_manifest(out_dir / MANIFEST, entries)
+    _write_missing_masks(rows[rows["id"].astype(int).astype(str).isin(entries)])
 
     # 4. Drop rows that failed, then captions, per-split metadata, metadata.json, card.
     lost_ids = {item["id"] for item in lost}
@@ -539,6 +547,8 @@ def _reuse_finished(rows: pd.DataFrame, out_dir: Path, params: dict, log) -> tup
             todo.append((png, entry))
             continue
         if old["split"] != split:
+            if mask_path(old_png).is_file():
+                os.replace(mask_path(old_png), mask_path(png))
             os.replace(old_png, png)
             log.write(json.dumps(entry) + "\n")
             log.flush()
@@ -552,8 +562,10 @@ def export_record(row: Mapping[str, Any]) -> dict[str, Any]:
 
     Missing text attributes are "" and a missing year is null, so every split's file has the
     same column types (`imagefolder` refuses splits whose metadata types differ).
+    `mask_file_name` is the image's foreground mask, relative to the split folder.
     """
-    record: dict[str, Any] = {"file_name": row["file_name"], "text": row["caption"]}
+    record: dict[str, Any] = {"file_name": row["file_name"], "text": row["caption"],
+                              "mask_file_name": f"{MASKS_DIR}/{row['file_name']}"}
     for key, column in EXPORT_ATTRIBUTES.items():
         value = row.get(column)
         if key in ("id", "year"):
@@ -583,6 +595,7 @@ def dataset_metadata(rows: pd.DataFrame, skipped: pd.DataFrame, split: SplitResu
                      **({"detail": r["detail"]} if not is_missing(r["detail"]) else {})}
                     for r in skipped.to_dict("records")],
         "layout": {"images": "<split>/<id>.png", "captions": "<split>/<id>.txt",
+                   "masks": f"<split>/{MASKS_DIR}/<id>.png",
                    "metadata": f"<split>/{METADATA_JSONL}"},
     }
 
@@ -608,15 +621,40 @@ def _write_manifest(path: Path, entries: dict[str, dict]) -> None:
 
 
 def _remove_stale(out_dir: Path, pngs: set[str]) -> int:
-    """Delete <split>/*.png|*.txt that no planned row owns (`pngs`: the owned PNG paths)."""
-    expected = {Path(p) for p in pngs} | {Path(p).with_suffix(".txt") for p in pngs}
+    """Delete <split>/*.png|*.txt and <split>/masks/*.png that no planned row owns (`pngs`:
+    the owned PNG paths)."""
+    expected = ({Path(p) for p in pngs} | {Path(p).with_suffix(".txt") for p in pngs}
+                | {mask_path(p) for p in pngs})
     n = 0
     for name in SPLITS:
-        for path in (out_dir / name).iterdir():
-            if path.suffix in (".png", ".txt") and path not in expected:
-                path.unlink()
-                n += 1
+        for folder in (out_dir / name, out_dir / name / MASKS_DIR):
+            for path in folder.iterdir():
+                if path.suffix in (".png", ".txt") and path not in expected:
+                    path.unlink()
+                    n += 1
     return n
+
+
+def _write_missing_masks(rows: pd.DataFrame) -> int:
+    """The mask of every finished image that has none (an image kept from a run before masks
+    were written), made from the prepared PNG itself; returns how many were written."""
+    n = 0
+    for png in rows["png_path"]:
+        if not mask_path(png).is_file():
+            with open_image(png) as square:
+                write_mask(square, mask_path(png))
+            n += 1
+    return n
+
+
+def foreground_share(split: pd.DataFrame) -> pd.Series:
+    """The share of each image that is product (mean of its mask / 255), aligned with `split`
+    (a `read_split` table with masks)."""
+    shares = []
+    for path in split["mask_path"]:
+        with open_image(path) as mask:
+            shares.append(float(np.asarray(mask.convert("L"), dtype=np.float64).mean() / 255))
+    return pd.Series(shares, index=split.index, name="foreground_share")
 
 
 def _write_captions(rows: pd.DataFrame) -> None:
@@ -696,9 +734,12 @@ seed {params["split_seed"]}. Stratified: {metadata["stratified"]}. Skipped rows:
 ## Files
 
 - `<split>/<id>.png`: the image; `<split>/<id>.txt`: its caption (kohya-ss sidecar).
+- `<split>/masks/<id>.png`: its foreground mask (8-bit, 255 = product: everything but the
+  near-white background connected to the border), for a loss weighted towards the product.
 - `<split>/metadata.jsonl`: one JSON object per image: `file_name` (relative to the split
-  folder), `text` (the caption), `id`, `colour`, `gender`, `season`, `usage`, `year`,
-  `brand`, `productDisplayName`, `split`. Missing text values are "", a missing year null.
+  folder), `text` (the caption), `mask_file_name` (`masks/<id>.png`), `id`, `colour`,
+  `gender`, `season`, `usage`, `year`, `brand`, `productDisplayName`, `split`. Missing text
+  values are "", a missing year null.
 - `metadata.json`: counts, colour counts per split, parameters, skipped rows with reasons.
 
 ## Captions
@@ -744,9 +785,10 @@ def read_split(split_dir: str | Path) -> pd.DataFrame:
         split_dir: processed/<category>/<split>.
     Returns:
         DataFrame with metadata.jsonl's columns (file_name, text, id, colour, ...) plus
-        `image_path` (absolute), in file order.
+        `image_path` (absolute), in file order; and `mask_path` (absolute) when the split
+        lists masks (`mask_file_name`).
     Raises:
-        MissingInputError: folder, metadata.jsonl or an image is absent.
+        MissingInputError: folder, metadata.jsonl, an image or a listed mask is absent.
         DatasetError: the split is empty or a caption is empty.
     """
     split_dir = Path(split_dir)
@@ -773,9 +815,14 @@ def read_split(split_dir: str | Path) -> pd.DataFrame:
             f"{path}: {int(no_text.sum())} image(s) without a caption, e.g. "
             f"{frame.loc[no_text, 'file_name'].iloc[0]}; rerun 02_prepare_dataset")
     frame["image_path"] = [str(split_dir / f) for f in frame["file_name"]]
-    absent = [p for p in frame["image_path"] if not Path(p).is_file()]
-    if absent:
-        raise MissingInputError(
-            f"{len(absent)} image(s) listed in {path} are absent, e.g. {absent[0]}; "
-            "rerun 02_prepare_dataset")
+    columns = {"image_path": "image"}
+    if "mask_file_name" in frame.columns:
+        frame["mask_path"] = [str(split_dir / f) for f in frame["mask_file_name"]]
+        columns["mask_path"] = "mask"
+    for column, what in columns.items():
+        absent = [p for p in frame[column] if not Path(p).is_file()]
+        if absent:
+            raise MissingInputError(
+                f"{len(absent)} {what}(s) listed in {path} are absent, e.g. {absent[0]}; "
+                "rerun 02_prepare_dataset")
     return frame

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+from scipy import ndimage
 
 from shoelib.io import atomic_path
 from shoelib.processes import die_with_parent
@@ -31,6 +32,9 @@ WHITE = (255, 255, 255)
 BORDER_WIDTH = 2  # px of the photo's edge that estimate its background colour
 ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+# A pixel within this CIELAB distance of pure white is "near white" (background candidate).
+BACKGROUND_DELTA_E = 12.0
+MASKS_DIR = "masks"  # a prepared image's foreground mask: <split>/masks/<same file name>
 
 
 class ImageConfigError(ValueError):
@@ -67,12 +71,14 @@ class PrepareConfig:
         decoding speed hardly depends on it (see benchmarks/bench_prepare.py).
     draft: decode JPEGs at reduced scale (see module docstring); False = full decode.
     min_side: photos whose shorter side is below this are refused as unreadable.
+    masks: also write each image's foreground mask to `mask_path(dst)` (`write_mask`).
     """
 
     size: int = 512
     compress_level: int = 1
     draft: bool = True
     min_side: int = MIN_IMAGE_SIDE
+    masks: bool = False
 
     def __post_init__(self) -> None:
         check_min_side(self.min_side)
@@ -196,6 +202,53 @@ def letterbox(img: Image.Image, size: int = 512, background: tuple[int, int, int
     return canvas
 
 
+def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """CIELAB (D65) of uint8 sRGB values, shape (..., 3) -> (..., 3)."""
+    c = np.asarray(rgb, dtype=np.float64) / 255.0
+    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    m = np.array([[0.4124564, 0.3575761, 0.1804375],
+                  [0.2126729, 0.7151522, 0.0721750],
+                  [0.0193339, 0.1191920, 0.9503041]])
+    xyz = linear @ m.T / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]),
+                     200 * (f[..., 1] - f[..., 2])], axis=-1)
+
+
+def foreground_mask(rgb: np.ndarray, background_delta_e: float = BACKGROUND_DELTA_E) -> np.ndarray:
+    """Object pixels: everything except near-white regions that touch the image border.
+
+    The white inside a white shoe is enclosed by its outline, so it stays foreground. The one
+    definition of "the product" for 02's training masks and 07's photo checks.
+
+    Args:
+        rgb: uint8 sRGB, shape (h, w, 3).
+        background_delta_e: a pixel within this CIELAB distance of pure white is near white.
+    Returns:
+        bool array (h, w), True on the object.
+    """
+    lab = srgb_to_lab(rgb)
+    near_white = np.linalg.norm(lab - np.array([100.0, 0.0, 0.0]), axis=-1) < background_delta_e
+    labels, _ = ndimage.label(near_white)
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    background = np.isin(labels, border[border > 0])
+    return ~background
+
+
+def mask_path(png: str | Path) -> Path:
+    """Where the foreground mask of a prepared image lives: <its folder>/masks/<its name>."""
+    png = Path(png)
+    return png.parent / MASKS_DIR / png.name
+
+
+def write_mask(square: Image.Image, path: str | Path) -> Path:
+    """The foreground mask of a prepared image as an 8-bit PNG (255 = product), atomically."""
+    mask = foreground_mask(np.asarray(square.convert("RGB")))
+    with atomic_path(path) as tmp:
+        Image.fromarray(mask.astype(np.uint8) * 255, "L").save(tmp, format="PNG")
+    return Path(path)
+
+
 def open_image(path: str | Path, size: int | None = None) -> Image.Image:
     """Decode an image file, upright (EXIF orientation applied).
 
@@ -243,7 +296,7 @@ def prepare_image(src: str | Path, dst: str | Path,
     Args:
         src: source photo.
         dst: output .png (its folder is created).
-        config: size, PNG level, draft decoding.
+        config: size, PNG level, draft decoding, whether to write the mask too.
     Returns:
         PreparedImage; status 'unreadable' (with the error) for a file that cannot be
         decoded or is below `config.min_side`, in which case nothing is written. Write errors (disk full) do raise.
@@ -255,6 +308,8 @@ def prepare_image(src: str | Path, dst: str | Path,
         square = letterbox(img, config.size)
     except Exception as err:  # any decoder failure is a property of the data, not a crash
         return PreparedImage(str(src), str(dst), "unreadable", f"{type(err).__name__}: {err}")
+    if config.masks:  # before the image: a finished image always has its mask
+        write_mask(square, mask_path(dst))
     with atomic_path(dst) as tmp:
         square.save(tmp, format="PNG", compress_level=config.compress_level)
     return PreparedImage(str(src), str(dst), "ok", None, source_size, source_mode)

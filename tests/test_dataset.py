@@ -275,6 +275,57 @@ def test_export_layout_metadata_and_card(small_catalogue, tmp_path):
     assert train["text"].str.startswith("A professional product photo of").all()
 
 
+def test_export_writes_a_foreground_mask_per_image_and_lists_it(small_catalogue, tmp_path):
+    cfg = config()
+    out = tmp_path / "out"
+    dataset.export_dataset(dataset.plan_dataset(small_catalogue, cfg), out, cfg, progress=False)
+    for name in dataset.SPLITS:
+        for line in (out / name / "metadata.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            assert record["mask_file_name"] == f"masks/{record['file_name']}"
+            mask = Image.open(out / name / record["mask_file_name"])
+            assert mask.mode == "L" and mask.size == (SIZE, SIZE)
+            pixels = np.asarray(mask)
+            assert set(np.unique(pixels)) == {0, 255}
+            # the product (a rectangle in the middle of the photo) is 255, the margin 0
+            assert pixels[SIZE // 2, SIZE // 2] == 255 and pixels[0, 0] == pixels[-1, -1] == 0
+        assert len(list((out / name / "masks").glob("*.png"))) == len(
+            list((out / name).glob("*.png")))
+    train = dataset.read_split(out / "train")
+    assert all(Path(p).is_file() for p in train["mask_path"])
+    # a 40x40 rectangle of a 60x80 photo, letterboxed into 24x32 of the 32x32 square
+    assert dataset.foreground_share(train).mean() == pytest.approx(40 * 40 / (60 * 80) * 0.75,
+                                                                   abs=0.03)
+
+
+def test_masks_resume_like_the_images(small_catalogue, tmp_path):
+    out = tmp_path / "out"
+    cfg = config()
+    dataset.export_dataset(dataset.plan_dataset(small_catalogue, cfg), out, cfg, False)
+    masks = {p.name: p.stat().st_mtime_ns for p in out.glob("*/masks/*.png")}
+    assert len(masks) == 28
+    again = dataset.export_dataset(dataset.plan_dataset(small_catalogue, cfg), out, cfg, False)
+    assert again.prepared == 0
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*/masks/*.png")} == masks
+
+    # a dataset prepared before masks existed: the mask is made from the kept image
+    lost = next(out.glob("train/masks/*.png"))
+    expected = np.asarray(Image.open(lost))
+    lost.unlink()
+    kept = dataset.export_dataset(dataset.plan_dataset(small_catalogue, cfg), out, cfg, False)
+    assert kept.prepared == 0 and np.array_equal(np.asarray(Image.open(lost)), expected)
+
+    reseeded = config(split=SplitConfig(seed=7))
+    moved = dataset.export_dataset(dataset.plan_dataset(small_catalogue, reseeded), out,
+                                   reseeded, False)
+    assert moved.moved > 0 and moved.prepared == 0
+    for row in moved.rows.itertuples():  # each mask moved with its image
+        assert (out / row.split / "masks" / f"{row.id}.png").is_file()
+    assert len(list(out.glob("*/masks/*.png"))) == 28
+    for split in dataset.SPLITS:
+        dataset.read_split(out / split)  # every listed mask is there
+
+
 def test_read_split_errors(tmp_path):
     with pytest.raises(MissingInputError, match="run 02_prepare_dataset"):
         dataset.read_split(tmp_path / "nope")
@@ -290,6 +341,10 @@ def test_read_split_errors(tmp_path):
         dataset.read_split(tmp_path / "val")
     (tmp_path / "val" / "metadata.jsonl").write_text('{"file_name": "2.png", "text": "a"}\n')
     with pytest.raises(MissingInputError, match="are absent"):
+        dataset.read_split(tmp_path / "val")
+    (tmp_path / "val" / "metadata.jsonl").write_text(
+        '{"file_name": "1.png", "text": "a", "mask_file_name": "masks/1.png"}\n')
+    with pytest.raises(MissingInputError, match=r"1 mask\(s\) listed in .* are absent"):
         dataset.read_split(tmp_path / "val")
     with pytest.raises(MissingInputError, match="run 01_analysis first with the same output_root"):
         dataset.load_category_table(tmp_path / "analysis" / "category.parquet")

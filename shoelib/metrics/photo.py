@@ -12,9 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from PIL import Image
-from scipy import ndimage
 
-from shoelib.images import open_rgb
+from shoelib.images import BACKGROUND_DELTA_E, foreground_mask, open_rgb, srgb_to_lab
 from shoelib.metrics.diversity import dhash, hash_hex, phash
 from shoelib.metrics.results import MetricResult
 from shoelib.metrics.uncertainty import mean_ci, with_ci
@@ -66,19 +65,6 @@ def palette_name(colour: str | None) -> str | None:
     return COLOUR_SYNONYMS.get(key)
 
 
-def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
-    """CIELAB (D65) of uint8 sRGB values, shape (..., 3) -> (..., 3)."""
-    c = np.asarray(rgb, dtype=np.float64) / 255.0
-    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-    m = np.array([[0.4124564, 0.3575761, 0.1804375],
-                  [0.2126729, 0.7151522, 0.0721750],
-                  [0.0193339, 0.1191920, 0.9503041]])
-    xyz = linear @ m.T / np.array([0.95047, 1.0, 1.08883])
-    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
-    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]),
-                     200 * (f[..., 1] - f[..., 2])], axis=-1)
-
-
 _PALETTE_NAMES = list(PALETTE)
 # Grey shades are told apart by lightness alone: shading moves a shoe's pixels along L*, so
 # nearest-colour voting would call a shaded white shoe "Silver". Upper L* bound of each.
@@ -109,7 +95,7 @@ class PhotoThresholds:
         analysis_px: images are reduced to this side before measuring (speed).
     """
 
-    background_delta_e: float = 12.0
+    background_delta_e: float = BACKGROUND_DELTA_E
     chroma: float = 10.0
     chromatic_share: float = 0.35
     min_whiteness: float = 0.9
@@ -118,19 +104,6 @@ class PhotoThresholds:
     min_foreground: float = 0.03
     max_foreground: float = 0.9
     analysis_px: int = 128
-
-
-def foreground_mask(rgb: np.ndarray, background_delta_e: float = 12.0) -> np.ndarray:
-    """Object pixels: everything except near-white regions that touch the image border.
-
-    The white inside a white shoe is enclosed by its outline, so it stays foreground.
-    """
-    lab = srgb_to_lab(rgb)
-    near_white = np.linalg.norm(lab - np.array([100.0, 0.0, 0.0]), axis=-1) < background_delta_e
-    labels, _ = ndimage.label(near_white)
-    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    background = np.isin(labels, border[border > 0])
-    return ~background
 
 
 def dominant_colour(rgb: np.ndarray, mask: np.ndarray, chroma: float = 10.0,
