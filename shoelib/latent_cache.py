@@ -4,10 +4,13 @@ The VAE and the text encoder are frozen during LoRA training, so encoding every 
 caption at every step (as diffusers' example script does) repeats the same work thousands of
 times and keeps both models in memory. Here each input is encoded once and stored on disk:
 
-    <cache_dir>/latents/<key>.safetensors   "mean", "std" of the scaled latent distribution
+    <cache_dir>/latents/<key>.safetensors   "mean", "std" of the scaled latent distribution;
+                                            "mask" (1, h, w): the foreground share of each
+                                            latent pixel, when the image has a mask
     <cache_dir>/text/<key>.safetensors      "hidden": the text encoder's last hidden state
 
-A latent key hashes (image bytes, resolution, flip, VAE fingerprint); a text key hashes
+A latent key hashes (image bytes, resolution, flip, VAE fingerprint, mask bytes if any; the
+mask is mirrored with the image); a text key hashes
 (caption, its token ids, text-encoder fingerprint). Changing an image, the resolution or the
 model changes the key, so only what changed is encoded again and stale entries are never read.
 The distribution (not one sample) is stored, so training still draws a fresh latent per step.
@@ -23,7 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from shoelib.io import atomic_path
@@ -69,9 +74,12 @@ def _key(*parts: object) -> str:
     return hashlib.sha256(repr((CACHE_VERSION, *parts)).encode()).hexdigest()[:32]
 
 
-def latent_key(image_bytes: bytes, resolution: int, flip: bool, vae_fingerprint: str) -> str:
+def latent_key(image_bytes: bytes, resolution: int, flip: bool, vae_fingerprint: str,
+               mask_bytes: bytes | None = None) -> str:
+    # Without a mask the key is what it was before masks existed: those entries stay valid.
+    mask = () if mask_bytes is None else (hashlib.sha256(mask_bytes).hexdigest(),)
     return _key("latent", hashlib.sha256(image_bytes).hexdigest(), resolution, flip,
-                vae_fingerprint)
+                vae_fingerprint, *mask)
 
 
 def text_key(caption: str, token_ids: Sequence[int], encoder_fingerprint: str) -> str:
@@ -87,16 +95,35 @@ def image_tensor(image: Image.Image, resolution: int, flip: bool) -> torch.Tenso
     Returns:
         float32 tensor (3, resolution, resolution).
     """
-    image = image.convert("RGB")
+    pixels = np.asarray(_square(image.convert("RGB"), resolution, flip,
+                                Image.Resampling.BICUBIC), dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+
+
+def mask_tensor(mask: Image.Image, resolution: int, flip: bool,
+                latent_size: tuple[int, int]) -> torch.Tensor:
+    """A foreground mask (255 = product) on the latent grid: cropped and mirrored as
+    `image_tensor` does with its image, then the area average of each latent pixel's patch,
+    i.e. the share of that latent pixel that is product (kohya's masked loss resizes the same
+    way, `interpolate(mode="area")`).
+
+    Returns:
+        float32 tensor (1, *latent_size) in [0, 1].
+    """
+    square = _square(mask.convert("L"), resolution, flip, Image.Resampling.BILINEAR)
+    pixels = torch.from_numpy(np.asarray(square, dtype=np.float32) / 255.0)[None, None]
+    return F.interpolate(pixels, size=tuple(latent_size), mode="area")[0].contiguous()
+
+
+def _square(image: Image.Image, resolution: int, flip: bool,
+            resample: Image.Resampling) -> Image.Image:
+    """The shorter side resized to `resolution`, the centre cropped, mirrored if `flip`."""
     scale = resolution / min(image.size)
     size = (max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale)))
-    image = image.resize(size, Image.Resampling.BICUBIC)
+    image = image.resize(size, resample)
     left, top = (image.width - resolution) // 2, (image.height - resolution) // 2
     image = image.crop((left, top, left + resolution, top + resolution))
-    if flip:
-        image = ImageOps.mirror(image)
-    pixels = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+    return ImageOps.mirror(image) if flip else image
 
 
 def load_image_tensor(path: Path, resolution: int, flip: bool) -> torch.Tensor:
@@ -110,7 +137,9 @@ def entry_path(cache_dir: Path, kind: str, key: str) -> Path:
 
 
 def cache_latents(image_paths: Sequence[Path], resolution: int, flips: Sequence[bool], vae,
-                  cache_dir: Path, batch_size: int = 8) -> tuple[list[dict[bool, str]], CacheStats]:
+                  cache_dir: Path, batch_size: int = 8,
+                  mask_paths: Sequence[Path] | None = None
+                  ) -> tuple[list[dict[bool, str]], CacheStats]:
     """Encode each image (and its mirror image) to a latent distribution, unless cached.
 
     Args:
@@ -120,28 +149,37 @@ def cache_latents(image_paths: Sequence[Path], resolution: int, flips: Sequence[
         vae: the AutoencoderKL (any device; float32 recommended: SD's VAE overflows in fp16).
         cache_dir: the cache root.
         batch_size: images per VAE call.
+        mask_paths: each image's foreground mask (02's masks/<name>.png), or None.
 
     Returns:
         ({flip: key} per image, stats). Entries hold "mean" and "std" already multiplied by
-        the VAE's scaling factor, so a training latent is `mean + std * randn`.
+        the VAE's scaling factor, so a training latent is `mean + std * randn`; with
+        mask_paths also "mask" (`mask_tensor`, mirrored with the mirrored latent).
     """
     fingerprint = model_fingerprint(vae)
+    masks = list(mask_paths) if mask_paths is not None else [None] * len(image_paths)
     keys, todo = [], []
-    for path in image_paths:
+    for path, mask in zip(image_paths, masks, strict=True):
         data = Path(path).read_bytes()
-        keys.append({flip: latent_key(data, resolution, flip, fingerprint) for flip in flips})
-        todo += [(path, flip, keys[-1][flip]) for flip in flips
+        mask_bytes = Path(mask).read_bytes() if mask is not None else None
+        keys.append({flip: latent_key(data, resolution, flip, fingerprint, mask_bytes)
+                     for flip in flips})
+        todo += [(path, mask, flip, keys[-1][flip]) for flip in flips
                  if not entry_path(cache_dir, "latents", keys[-1][flip]).exists()]
     scale = vae.config.scaling_factor
     for start in range(0, len(todo), batch_size):
         chunk = todo[start:start + batch_size]
-        pixels = torch.stack([load_image_tensor(p, resolution, f) for p, f, _ in chunk])
+        pixels = torch.stack([load_image_tensor(p, resolution, f) for p, _, f, _ in chunk])
         with torch.no_grad():
             dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
-        for i, (_, _, key) in enumerate(chunk):
+        for i, (_, mask, flip, key) in enumerate(chunk):
+            entry = {"mean": (dist.mean[i] * scale).float().cpu().contiguous(),
+                     "std": (dist.std[i] * scale).float().cpu().contiguous()}
+            if mask is not None:
+                with Image.open(mask) as image:
+                    entry["mask"] = mask_tensor(image, resolution, flip, entry["mean"].shape[-2:])
             with atomic_path(entry_path(cache_dir, "latents", key)) as tmp:
-                save_file({"mean": (dist.mean[i] * scale).float().cpu().contiguous(),
-                           "std": (dist.std[i] * scale).float().cpu().contiguous()}, str(tmp))
+                save_file(entry, str(tmp))
     total = len(image_paths) * len(flips)
     return keys, CacheStats(computed=len(todo), reused=total - len(todo))
 
@@ -192,6 +230,12 @@ def load_latent(cache_dir: Path, key: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, std) of one cached latent distribution (scaled, float32, CPU)."""
     entry = load_file(str(entry_path(cache_dir, "latents", key)))
     return entry["mean"], entry["std"]
+
+
+def load_mask(cache_dir: Path, key: str) -> torch.Tensor | None:
+    """The foreground share (1, h, w) cached with one latent, or None if it has no mask."""
+    with safe_open(str(entry_path(cache_dir, "latents", key)), framework="pt") as entry:
+        return entry.get_tensor("mask") if "mask" in entry.keys() else None
 
 
 def load_text(cache_dir: Path, key: str) -> torch.Tensor:

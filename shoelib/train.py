@@ -59,6 +59,7 @@ from shoelib.latent_cache import (
     cache_latents,
     cache_text,
     load_latent,
+    load_mask,
     load_text,
     tokenize,
 )
@@ -160,6 +161,7 @@ class TrainConfig:
     torch_compile: bool = False   # torch.compile the UNet (slow first steps, then faster)
     train_text_encoder: bool = False  # a LoRA on the text encoder too (its states not cached)
     text_encoder_lr: float | None = None  # its learning rate; None = learning_rate
+    background_loss_weight: float = 1.0  # loss weight of background latent pixels (02's masks); 1 = off
     validation_every: int = 500   # steps; 0 = never
     num_validation_prompts: int = 4
     validation_inference_steps: int = 30
@@ -274,6 +276,11 @@ def check_config(c: TrainConfig) -> None:
         c.loraplus_lr_ratio, bool) and c.loraplus_lr_ratio >= 1,
              f"loraplus_lr_ratio={c.loraplus_lr_ratio!r} must be a number >= 1 (1 turns LoRA+ "
              "off; the LoRA+ paper uses 16)")
+    _require(isinstance(c.background_loss_weight, int | float)
+             and not isinstance(c.background_loss_weight, bool)
+             and 0 <= c.background_loss_weight <= 1,
+             f"background_loss_weight={c.background_loss_weight!r} must be a number in [0, 1] "
+             "(1 turns it off, 0 trains on the product alone); use e.g. 0.1")
     _require(isinstance(c.ema_decay, int | float) and not isinstance(c.ema_decay, bool)
              and (c.ema_decay == 0 or 0.5 <= c.ema_decay < 1),
              f"ema_decay={c.ema_decay!r} must be 0 (off) or in [0.5, 1); use e.g. 0.999")
@@ -356,6 +363,8 @@ class CachedSplit:
 
     With a trained text encoder, captions are token ids instead of cached states
     (`token_ids`, (n, 77) int64), which the encoder turns into states at every step.
+
+    masked: its latents were cached with their foreground masks.
     """
 
     cache_dir: Path
@@ -363,12 +372,16 @@ class CachedSplit:
     text_keys: tuple[str, ...]
     captions: tuple[str, ...]
     token_ids: torch.Tensor | None = None
+    masked: bool = False
 
     def __len__(self) -> int:
         return len(self.captions)
 
     def latent(self, index: int, flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
         return load_latent(self.cache_dir, self.latent_keys[index][flip])
+
+    def mask(self, index: int, flip: bool) -> torch.Tensor | None:
+        return load_mask(self.cache_dir, self.latent_keys[index][flip])
 
     def text(self, index: int) -> torch.Tensor:
         """The caption's cached states, or its token ids when the text encoder trains."""
@@ -412,17 +425,20 @@ def cache_inputs(config: TrainConfig, splits: dict, device: torch.device,
             cached[name] = None
             continue
         # Validation always uses the unflipped image: its loss must be comparable across steps.
+        masked = "mask_path" in frame.columns
         latent_keys, stats[f"{name}_latents"] = cache_latents(
             [Path(p) for p in frame["image_path"]], config.resolution,
-            flips if name == "train" else (False,), vae, cache_dir)
+            flips if name == "train" else (False,), vae, cache_dir,
+            mask_paths=[Path(p) for p in frame["mask_path"]] if masked else None)
         if text_encoder is None:
             cached[name] = CachedSplit(cache_dir, tuple(latent_keys), (), tuple(frame["text"]),
-                                       token_ids=tokenize(tokenizer, list(frame["text"])))
+                                       token_ids=tokenize(tokenizer, list(frame["text"])),
+                                       masked=masked)
             continue
         text_keys, stats[f"{name}_text"] = cache_text(list(frame["text"]), tokenizer,
                                                       text_encoder, cache_dir)
         cached[name] = CachedSplit(cache_dir, tuple(latent_keys), tuple(text_keys),
-                                   tuple(frame["text"]))
+                                   tuple(frame["text"]), masked=masked)
     if text_encoder is None:
         empty_text = tokenize(tokenizer, [""])[0]
     else:
@@ -441,6 +457,7 @@ class Batch:
     text: torch.Tensor      # (n, 77, hidden)
     noise: torch.Tensor     # like latents
     timesteps: torch.Tensor  # (n,) int64
+    mask: torch.Tensor | None = None  # (n, 1, h, w) foreground share per latent pixel
 
 
 def snr(noise_scheduler, timesteps: torch.Tensor) -> torch.Tensor:
@@ -472,20 +489,53 @@ def noise_target(noise_scheduler, batch: Batch) -> torch.Tensor:
                            "supports 'epsilon' and 'v_prediction'")
 
 
-def diffusion_loss(unet, batch: Batch, noise_scheduler, snr_gamma: float,
-                   policy: DevicePolicy, device: torch.device,
-                   text_encoder=None) -> torch.Tensor:
-    """Mean squared error of the UNet's prediction on a noised batch, min-SNR weighted if
-    `snr_gamma` > 0. Computed in float32 whatever the UNet's precision. With a (trained)
-    `text_encoder`, batch.text holds token ids, encoded here."""
+def squared_error(unet, batch: Batch, noise_scheduler, policy: DevicePolicy,
+                  device: torch.device, text_encoder=None) -> torch.Tensor:
+    """The UNet's squared error per latent element on a noised batch, (n, c, h, w), in
+    float32 whatever the UNet's precision. With a (trained) `text_encoder`, batch.text holds
+    token ids, encoded here."""
     noisy = noise_scheduler.add_noise(batch.latents, batch.noise, batch.timesteps)
     prediction = unet(noisy.to(device, policy.dtype), batch.timesteps.to(device),
                       encoder_hidden_states=text_states(batch.text, text_encoder, device,
                                                         policy.dtype),
                       return_dict=False)[0]
     target = noise_target(noise_scheduler, batch).to(device)
-    per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(
-        dim=tuple(range(1, target.ndim)))
+    return F.mse_loss(prediction.float(), target.float(), reduction="none")
+
+
+def masked_mean(error: torch.Tensor, mask: torch.Tensor | None,
+                background_loss_weight: float) -> torch.Tensor:
+    """Per-sample mean of `error` (n, c, h, w), each latent pixel weighted by
+    fg + background_loss_weight * (1 - fg), fg = its foreground share (`mask`, (n, 1, h, w)).
+
+    The weighted sum is divided by the sample's weight sum (OneTrainer's "normalize masked
+    area loss"), not by the pixel count as kohya's `apply_masked_loss` then `mean` do: so the
+    loss stays a mean squared error on the same scale whatever the weight, a small product
+    gets as much gradient as a large one, and the learning rate means the same with and
+    without masks. With weight 1 (or no mask) it is the plain mean. A sample without any
+    foreground at weight 0 contributes 0 instead of 0/0.
+    """
+    dims = tuple(range(1, error.ndim))
+    if background_loss_weight == 1:
+        return error.mean(dim=dims)
+    if mask is None:
+        raise TrainConfigError(f"background_loss_weight={background_loss_weight} needs the "
+                               "split's foreground masks; rerun 02_prepare_dataset")
+    fg = mask.to(error.device, error.dtype)
+    weight = (fg + background_loss_weight * (1 - fg)).expand_as(error)
+    return (error * weight).sum(dim=dims) / weight.sum(dim=dims).clamp_min(1e-12)
+
+
+def diffusion_loss(unet, batch: Batch, noise_scheduler, snr_gamma: float,
+                   policy: DevicePolicy, device: torch.device, text_encoder=None,
+                   background_loss_weight: float = 1.0) -> torch.Tensor:
+    """Mean squared error of the UNet's prediction on a noised batch, weighted towards the
+    product by `masked_mean` when background_loss_weight < 1, then min-SNR weighted per
+    sample if `snr_gamma` > 0. Computed in float32 whatever the UNet's precision. With a
+    (trained) `text_encoder`, batch.text holds token ids, encoded here."""
+    per_sample = masked_mean(squared_error(unet, batch, noise_scheduler, policy, device,
+                                           text_encoder),
+                             batch.mask, background_loss_weight)
     if snr_gamma:
         per_sample = per_sample * min_snr_weights(noise_scheduler, batch.timesteps,
                                                   snr_gamma).to(device)
@@ -508,11 +558,13 @@ def sample_batch(split: CachedSplit, indices: list[int], generator: torch.Genera
     Everything random comes from `generator` (CPU), so a run is reproducible on any device
     and a resumed run continues the same random stream.
     """
-    latents, texts = [], []
+    latents, texts, masks = [], [], []
     for i in indices:
         flip = config.random_flip and bool(torch.rand((), generator=generator) < 0.5)
         mean, std = split.latent(i, flip)
         latents.append(mean + std * torch.randn(mean.shape, generator=generator))
+        if split.masked:  # the mask of the same (mirrored or not) latent
+            masks.append(split.mask(i, flip))
         dropped = config.caption_dropout and bool(
             torch.rand((), generator=generator) < config.caption_dropout)
         texts.append(empty_text if dropped else split.text(i))
@@ -524,7 +576,8 @@ def sample_batch(split: CachedSplit, indices: list[int], generator: torch.Genera
         noise = noise + config.noise_offset * torch.randn(
             (stacked.shape[0], stacked.shape[1], 1, 1), generator=generator)
     timesteps = torch.randint(0, num_timesteps, (len(indices),), generator=generator)
-    return Batch(stacked, torch.stack(texts), noise, timesteps)
+    return Batch(stacked, torch.stack(texts), noise, timesteps,
+                 torch.stack(masks) if masks else None)
 
 
 # --- data order and run state
@@ -567,6 +620,8 @@ class History:
 
     train_loss: list[list[float]] = field(default_factory=list)  # [step, loss]
     val_loss: list[list[float]] = field(default_factory=list)    # [step, loss]
+    # [step, loss on the product alone], when the val split has masks
+    val_loss_foreground: list[list[float]] = field(default_factory=list)
     grids: list[list] = field(default_factory=list)              # [step, path in output_dir]
     step_seconds: list[float] = field(default_factory=list)
 
@@ -781,22 +836,31 @@ def load_checkpoint(folder: Path, accelerator, unet, optimizer, lr_scheduler,
 # --- validation
 
 def validation_loss(unet, split: CachedSplit, noise_scheduler, config: TrainConfig,
-                    policy: DevicePolicy, device: torch.device, text_encoder=None) -> float:
+                    policy: DevicePolicy, device: torch.device,
+                    text_encoder=None) -> tuple[float, float | None]:
     """Plain MSE on the validation split with the same latents, noise and timesteps every
     time (drawn from a generator seeded with the run's seed), so values are comparable
-    across steps."""
+    across steps; and, when the split has masks, the same MSE on the product alone
+    (`masked_mean` at background weight 0), whatever background_loss_weight trains with, so
+    that runs with different weights compare on the pixels that matter.
+
+    Returns:
+        (loss, foreground loss or None without masks).
+    """
     plain = replace(config, random_flip=False, caption_dropout=0.0, noise_offset=0.0)
     generator = cpu_generator(config.seed)
-    total, count = 0.0, 0
+    total, foreground, count = 0.0, 0.0, 0
     for start in range(0, len(split), config.train_batch_size):
         indices = list(range(start, min(start + config.train_batch_size, len(split))))
         batch = sample_batch(split, indices, generator, plain,
                              noise_scheduler.config.num_train_timesteps, empty_text=None)
         with torch.no_grad():
-            total += diffusion_loss(unet, batch, noise_scheduler, 0.0, policy, device,
-                                    text_encoder).item() * len(indices)
+            error = squared_error(unet, batch, noise_scheduler, policy, device, text_encoder)
+        total += masked_mean(error, None, 1.0).sum().item()
+        if batch.mask is not None:
+            foreground += masked_mean(error, batch.mask, 0.0).sum().item()
         count += len(indices)
-    return total / count
+    return total / count, (foreground / count if split.masked else None)
 
 
 def validation_images(unet, prompt_embeds: list[torch.Tensor], empty_text: torch.Tensor,
@@ -841,6 +905,7 @@ class TrainResult:
     steps: int
     train_loss: list
     val_loss: list
+    val_loss_foreground: list  # [step, validation loss on the product alone]; [] without masks
     validation_grids: list
     validation_prompts: tuple[str, ...]
     lora_diffusers: Path
@@ -889,6 +954,7 @@ def kohya_metadata(config: TrainConfig, steps: int, num_images: int,
                                if config.train_text_encoder else 0.0),
         "ss_ema_decay": config.ema_decay, "ss_channels_last": config.channels_last,
         "ss_allow_tf32": config.allow_tf32, "ss_torch_compile": config.torch_compile,
+        "ss_background_loss_weight": config.background_loss_weight,
         **({"ss_network_args": json.dumps(network_args)} if network_args else {}),
         "modelspec.architecture": "stable-diffusion-v1/lora", "modelspec.sai_model_spec": "1.0.0",
     }
@@ -1035,6 +1101,7 @@ def _train(config: TrainConfig, policy: DevicePolicy, progress: bool) -> TrainRe
     seconds = state.history.step_seconds
     return TrainResult(
         steps=state.step, train_loss=state.history.train_loss, val_loss=state.history.val_loss,
+        val_loss_foreground=state.history.val_loss_foreground,
         validation_grids=[[step, str(Path(config.output_dir) / grid)]
                           for step, grid in state.history.grids],
         validation_prompts=tuple(prompts),
@@ -1092,6 +1159,10 @@ def check_inputs(config: TrainConfig) -> dict:
 
     splits = {"train": read_split(config.train_dir),
               "val": read_split(config.val_dir) if config.val_dir else None}
+    _require(config.background_loss_weight == 1 or "mask_path" in splits["train"].columns,
+             f"background_loss_weight={config.background_loss_weight} needs foreground masks, "
+             f"but {Path(config.train_dir) / 'metadata.jsonl'} lists none (no mask_file_name); "
+             "rerun 02_prepare_dataset to write them, or set background_loss_weight=1")
     check_model(config.model)
     return splits
 
@@ -1252,7 +1323,8 @@ def accumulate_gradients(config: TrainConfig, accelerator, unet, inputs: CachedI
                     no_sync.enter_context(accelerator.no_sync(model))
             with accelerator.autocast():
                 loss = diffusion_loss(unet, batch, noise_scheduler, config.snr_gamma,
-                                      policy, accelerator.device, text_encoder)
+                                      policy, accelerator.device, text_encoder,
+                                      config.background_loss_weight)
             accelerator.backward(loss / config.gradient_accumulation_steps)
         losses.append(loss.detach())
     step_loss = accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
@@ -1306,10 +1378,13 @@ def run_validation(config: TrainConfig, accelerator, unet, inputs: CachedInputs,
             encoder.eval()
         with accelerator.autocast():
             if inputs.val is not None:
-                loss = validation_loss(model, inputs.val, noise_scheduler, config, policy,
-                                       accelerator.device, encoder)
+                loss, foreground = validation_loss(model, inputs.val, noise_scheduler, config,
+                                                   policy, accelerator.device, encoder)
                 state.history.val_loss.append([state.step, loss])
                 accelerator.log({"loss/val": loss}, step=state.step)
+                if foreground is not None:
+                    state.history.val_loss_foreground.append([state.step, foreground])
+                    accelerator.log({"loss/val_foreground": foreground}, step=state.step)
             if prompts:
                 source = inputs.val if inputs.val is not None else inputs.train
                 with torch.no_grad():

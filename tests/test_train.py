@@ -209,6 +209,7 @@ class FixedLatents:
     """A cached split whose every latent distribution is mean 3, std 2 (and text zeros)."""
 
     shape = (4, 8, 8)
+    masked = False
 
     def __len__(self) -> int:
         return 5
