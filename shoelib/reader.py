@@ -166,9 +166,13 @@ def _prepared(paths: RunPaths, p: dict) -> Figures:
     if s is None:
         return []
     splits = s.get("splits") or {}
-    return [("images prepared", _n(s.get("exported"))),
+    rows = [("images prepared", _n(s.get("exported"))),
             ("splits", " / ".join(f"{k} {_n(v)}" for k, v in splits.items())),
             ("rows skipped", _n(s.get("skipped_rows")))]
+    if shares := s.get("foreground_share_mean"):
+        rows.append(("mean foreground share", " / ".join(f"{k} {_n(v, 3)}"
+                                                         for k, v in shares.items())))
+    return rows
 
 
 def _environment(paths: RunPaths, p: dict) -> Figures:
@@ -201,6 +205,11 @@ def _lora(paths: RunPaths, p: dict) -> Figures:
         (first_step, first), (last_step, last) = val[0], val[-1]
         rows.append(("validation loss", f"{_n(first, 4)} (step {first_step}) → "
                                         f"{_n(last, 4)} (step {last_step})"))
+    foreground = s.get("val_loss_foreground") or []
+    if foreground:
+        (first_step, first), (last_step, last) = foreground[0], foreground[-1]
+        rows.append(("validation loss on the product", f"{_n(first, 4)} (step {first_step}) → "
+                                                       f"{_n(last, 4)} (step {last_step})"))
     return rows
 
 
