@@ -34,9 +34,9 @@ import pandas as pd
 from shoelib import checks, report
 from shoelib.captions import DEFAULT_TEMPLATE, FIELDS, check_template, fill, is_missing
 from shoelib.images import (
+    MASKS_DIR,
     MIN_IMAGE_SIDE,
     PREPARATION_VERSION,
-    MASKS_DIR,
     PrepareConfig,
     mask_path,
     open_image,
