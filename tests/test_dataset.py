@@ -463,15 +463,23 @@ def test_analysis_and_preparation_of_the_real_sample(real_sample_dir, tmp_path):
     assert code == 0
     processed = out / "processed" / "casual_shoes"
     pngs = sorted(processed.rglob("*.png"))  # the dataset folder holds only the dataset
-    assert len(pngs) == 400
-    assert {p.parent.name for p in pngs} == set(dataset.SPLITS)
-    for png in pngs:
+    images, masks = ([p for p in pngs if p.parent.name in dataset.SPLITS],
+                     [p for p in pngs if p.parent.name == "masks"])
+    assert len(images) == len(masks) == 400 and len(pngs) == 800
+    assert {p.parent.name for p in images} == {p.parent.parent.name for p in masks} == set(
+        dataset.SPLITS)
+    for png in images:
         with Image.open(png) as img:
             assert img.size == (512, 512) and img.mode == "RGB"
+    for png in masks:
+        with Image.open(png) as img:
+            assert img.size == (512, 512) and img.mode == "L"
     meta = json.loads((processed / "metadata.json").read_text())
     assert sum(meta["splits"].values()) == 400 and meta["splits"]["train"] == 280
     summary = json.loads((processed / "summary.json").read_text())
     assert summary["exported"] == 400 and summary["upscaled_images"] == 400
+    # a product photo: the product is a part of each image, not none and not all of it
+    assert all(0.05 < share < 0.9 for share in summary["foreground_share_mean"].values())
     assert (reports / "02_prepare_dataset.html").stat().st_size > 10_000
 
 
