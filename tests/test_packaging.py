@@ -33,7 +33,9 @@ def _imported_top_level_names(source: str) -> set[str]:
             names |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             names.add(node.module.split(".")[0])
-    return names - set(sys.stdlib_module_names) - {"shoelib"}
+    # A benchmark may import another one (they run as scripts from benchmarks/).
+    local = {p.stem for p in (PROJECT_ROOT / "benchmarks").glob("*.py")}
+    return names - set(sys.stdlib_module_names) - {"shoelib"} - local
 
 
 def _normalise(name: str) -> str:
