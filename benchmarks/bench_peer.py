@@ -201,9 +201,8 @@ def child(target: list[str]) -> int:
         if done.code is not None and not isinstance(done.code, int):
             print(done.code, file=sys.stderr)
         code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
-    import torch
-
-    cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+    torch = sys.modules.get("torch")  # every trainer imports it; importing it here would cost
+    cuda = torch.cuda.max_memory_allocated() if torch and torch.cuda.is_available() else None
     print("CHILD " + json.dumps({"peak_cuda_bytes": cuda}), flush=True)
     return code
 
@@ -319,6 +318,14 @@ def compare(ours: dict, peer: dict) -> dict:
     return ratios
 
 
+def report_run(run: dict) -> None:
+    """One run's raw figures as they come (stderr), so a long benchmark shows its progress."""
+    first = run["first_step_seconds"]
+    print(f"    {run['wall_seconds']:.1f} s in all, first step at "
+          f"{f'{first:.1f} s' if first else '-'}, peak RSS {run['peak_rss_bytes'] / 1e9:.2f} GB",
+          file=sys.stderr, flush=True)
+
+
 def benchmark(recipe: Recipe, counts: tuple[int, int], repeats: int, model: Path, data: Path,
               script: Path | None, work: Path, threads: int, cold: bool = False) -> dict:
     """Both trainers (ours alone when `script` is None) at both step counts, `repeats` times,
@@ -333,6 +340,7 @@ def benchmark(recipe: Recipe, counts: tuple[int, int], repeats: int, model: Path
                   flush=True)
             colds[trainer] = run_once(trainer, recipe, counts[0], model, data, script, work,
                                       threads)
+            report_run(colds[trainer])
     runs: dict[str, list[dict]] = {t: [] for t in trainers}
     for _ in range(repeats):
         for steps in counts:
@@ -341,6 +349,7 @@ def benchmark(recipe: Recipe, counts: tuple[int, int], repeats: int, model: Path
                       f"{'on' if recipe.gradient_checkpointing else 'off'}", file=sys.stderr, flush=True)
                 runs[trainer].append(run_once(trainer, recipe, steps, model, data, script,
                                               work, threads))
+                report_run(runs[trainer][-1])
     result = {t: combine(runs[t], counts) for t in trainers}
     for trainer, run in colds.items():
         result[trainer]["cold_run"] = run
@@ -439,19 +448,19 @@ def main(argv: list[str] | None = None) -> int:
     base = Recipe(resolution=args.resolution, batch_size=args.batch_size, rank=args.rank,
                   learning_rate=args.learning_rate, device=args.device)
     results = {}
-    for checkpointing in tags:
-        recipe = Recipe(**{**asdict(base), "gradient_checkpointing": checkpointing})
-        results["on" if checkpointing else "off"] = benchmark(
-            recipe, args.steps, args.repeats, model, data, script, args.work, args.threads,
-            cold=not results)
     summary = {"recipe": asdict(base), "steps": list(args.steps), "repeats": args.repeats,
                "threads": args.threads, "n_images": args.n_images,
                "precision": "bf16" if args.device == "cuda" else "float32",
                "torch": torch.__version__, "diffusers": diffusers.__version__,
                "peer_script": {"path": str(script), "sha256": file_sha256(script)},
                "results": results}
-    if args.json:
-        args.json.write_text(json.dumps(summary, indent=2))
+    for checkpointing in tags:
+        recipe = Recipe(**{**asdict(base), "gradient_checkpointing": checkpointing})
+        results["on" if checkpointing else "off"] = benchmark(
+            recipe, args.steps, args.repeats, model, data, script, args.work, args.threads,
+            cold=not results)
+        if args.json:  # after each setting: a long benchmark cut short keeps what it measured
+            args.json.write_text(json.dumps(summary, indent=2))
     print_table(summary)
     return 0
 
