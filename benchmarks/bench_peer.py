@@ -207,6 +207,36 @@ def child(target: list[str]) -> int:
     return code
 
 
+def child_profile(config_file: str) -> int:
+    """Our trainer in this process under torch.profiler: where CPU time and memory go, against
+    the UNet's weights (the floor of any float32 trainer)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from shoelib.train import TrainConfig, train
+
+    config = TrainConfig.from_json(Path(config_file))
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        train(config, progress=False)
+    ops = prof.key_averages()
+    print(ops.table(sort_by="self_cpu_time_total", row_limit=12))
+    print(ops.table(sort_by="self_cpu_memory_usage", row_limit=12))
+    weights = sum(f.stat().st_size for f in (Path(config.model) / "unet").glob("*.safetensors"))
+    peak = resource_peak_rss()
+    print(f"peak RSS {peak / 1e9:.2f} GB, of which the UNet's float32 weights {weights / 1e9:.2f} "
+          f"GB; the rest ({(peak - weights) / 1e9:.2f} GB): torch and the libraries, "
+          f"activations kept for the backward pass, the LoRA's gradients and AdamW state; "
+          f"torch {torch.__version__}")
+    return 0
+
+
+def resource_peak_rss() -> int:
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
 # --- the work both trainers get
 
 def check_interpreter() -> None:
@@ -424,6 +454,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=Path("/tmp/shoelib-bench-peer"),
                         help="model (4.3 GB, built once), photos, runs")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead: our trainer once (--steps N2) under torch.profiler, "
+                             "where its time and memory go")
     args = parser.parse_args(argv)
     for name in ("n_images", "repeats", "resolution", "batch_size", "rank", "threads"):
         if getattr(args, name) < 1:
@@ -441,12 +474,26 @@ def main(argv: list[str] | None = None) -> int:
     from bench_train import build_sd15_random
 
     args.work.mkdir(parents=True, exist_ok=True)
-    script = peer_script(args.peer_script, args.work)
     data = prepare_images(args.images, args.work / "train", args.n_images)
     model = build_sd15_random(args.work / "sd15-random")
     tags = {"off": (False,), "on": (True,), "both": (False, True)}[args.checkpointing]
     base = Recipe(resolution=args.resolution, batch_size=args.batch_size, rank=args.rank,
                   learning_rate=args.learning_rate, device=args.device)
+    if args.profile:
+        for checkpointing in tags:
+            recipe = Recipe(**{**asdict(base), "gradient_checkpointing": checkpointing})
+            out = args.work / "runs" / "profile"
+            shutil.rmtree(out, ignore_errors=True)
+            config_file = args.work / "runs" / "profile.json"
+            config_file.parent.mkdir(parents=True, exist_ok=True)
+            config_file.write_text(json.dumps(ours_config(
+                recipe, model, data, out, args.steps[1], args.work / "cache" / "ours")))
+            print(f"\nshoelib, gradient checkpointing {'on' if checkpointing else 'off'}, "
+                  f"{args.steps[1]} steps under torch.profiler:", flush=True)
+            subprocess.run([sys.executable, __file__, "--child-profile", str(config_file)],
+                           env=child_env(args.threads, args.work), cwd=PROJECT_ROOT, check=True)
+        return 0
+    script = peer_script(args.peer_script, args.work)
     results = {}
     summary = {"recipe": asdict(base), "steps": list(args.steps), "repeats": args.repeats,
                "threads": args.threads, "n_images": args.n_images,
@@ -468,6 +515,8 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
         sys.exit(child(sys.argv[2:]))
+    if sys.argv[1:2] == ["--child-profile"]:
+        sys.exit(child_profile(sys.argv[2]))
     try:
         sys.exit(main())
     except BenchError as err:

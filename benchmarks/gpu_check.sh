@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# GPU check on a CUDA machine (about 6 minutes on an H200): training it/s and peak GPU memory at
-# 512 px, batch 8, bf16 (shoelib, and diffusers' own script with --peer-script), generation
+# GPU check on a CUDA machine (sized to fit in 8 minutes on an H200; not yet run on one): training
+# it/s and peak GPU memory at 512 px, batch 8, bf16 (shoelib, with torch_compile where it has the
+# switch, and diffusers' own script with --peer-script), generation
 # images/s at 25 steps, batch 8, on SD 1.5-size random weights. Prints ONE JSON object, also
 # written to $OUT/gpu_check.json when OUT is set. See benchmarks/gpu_check.py.
 #

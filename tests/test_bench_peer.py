@@ -230,3 +230,27 @@ def test_gpu_check_dry_run_prints_one_json_object(tmp_path):
     assert "skipped" in train["peer"]
     assert "it_per_second" in train["ours_torch_compile"] or "skipped" in train["ours_torch_compile"]
     assert generate["images"] == 1 and generate["steps"] == 2 and generate["images_per_second"] > 0
+
+
+def test_profile_says_where_our_steps_time_and_memory_go(bench, tmp_path):
+    """--profile's child on the tiny pipeline: the profiler's tables and the RSS breakdown."""
+    import subprocess
+
+    from bench_train import make_split
+
+    from shoelib.tiny_sd import ensure_tiny_sd
+
+    model = ensure_tiny_sd(tmp_path / "tiny-sd")
+    data = make_split(tmp_path / "train", n=2)
+    recipe = bench.Recipe(resolution=64)
+    config = tmp_path / "profile.json"
+    config.write_text(json.dumps(bench.ours_config(recipe, model, data, tmp_path / "out", 2,
+                                                   tmp_path / "cache")))
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_peer.py"), "--child-profile",
+                           str(config)], capture_output=True, text=True,
+                          env=bench.child_env(1, tmp_path), timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Self CPU total" in done.stdout and "Self CPU Mem" in done.stdout
+    assert re.search(r"aten::(addmm|mm|convolution|_convolution|mkldnn_convolution)", done.stdout)
+    assert re.search(r"peak RSS \d+\.\d\d GB, of which the UNet's float32 weights 0\.\d\d GB",
+                     done.stdout)
