@@ -769,7 +769,7 @@ accelerate launch examples/text_to_image/train_text_to_image_lora.py \\
 ## Licence
 
 The photos and catalogue values come from the Kaggle "Fashion Product Images" dataset
-(paramaggarwal), or, for the demo profile, from generated drawings. This card grants no
+(paramaggarwal); the demo profile uses a small sample of them. This card grants no
 rights: check the source's terms on its Kaggle page before redistributing the images.
 """
 
