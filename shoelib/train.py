@@ -1013,8 +1013,8 @@ def resolve_policy(config: TrainConfig, policy: DevicePolicy | None) -> DevicePo
         try:
             import bitsandbytes  # noqa: F401
         except ImportError:
-            raise TrainConfigError("optimizer='adamw8bit' needs bitsandbytes: `pip install "
-                                   "bitsandbytes`, or use optimizer='adamw'") from None
+            raise TrainConfigError("optimizer='adamw8bit' needs bitsandbytes: `pip install -e "
+                                   "'.[cuda]'`, or use optimizer='adamw'") from None
     return policy
 
 
