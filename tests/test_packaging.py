@@ -49,8 +49,17 @@ def _dependencies() -> list[str]:
     return re.findall(r'^\s*"([^"]+)",', block, re.M)
 
 
+def _optional_dependencies() -> list[str]:
+    """Every package of pyproject.toml's extras (`name = ["pkg==1.0", ...]` lines)."""
+    text = (PROJECT_ROOT / "pyproject.toml").read_text()
+    block = re.search(r"^\[project\.optional-dependencies\](.*?)^\[", text, re.S | re.M).group(1)
+    return re.findall(r'"([^"]+)"', block)
+
+
 def test_every_imported_package_is_a_declared_dependency():
-    declared = {_normalise(re.split(r"[<>=!~\[; ]", d)[0]) for d in _dependencies()}
+    """A package imported anywhere is a dependency or in an extra (e.g. `cuda`)."""
+    declared = {_normalise(re.split(r"[<>=!~\[; ]", d)[0])
+                for d in _dependencies() + _optional_dependencies()}
     providers = importlib.metadata.packages_distributions()
     undeclared = {}
     for path, source in _sources().items():
