@@ -337,23 +337,34 @@ def test_training_lowers_the_loss_on_a_fixed_set(tiny_sd_dir, data, tmp_path):
     assert result.trainable_params == sum(v.numel() for v in load_file(str(result.lora_diffusers)).values())
 
 
-def test_run_exports_loras_that_redraw_the_training_images(tiny_sd_dir, trained):
+def tiny_pipeline(tiny_sd_dir):
     from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_dir, safety_checker=None,
+                                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def draw_validation_images(pipe, result, seed: int) -> np.ndarray:
+    """The run's validation prompts drawn as training draws them: seed + i for prompt i."""
+    return np.stack([pipe(prompt, num_inference_steps=3, guidance_scale=7.5, height=64, width=64,
+                          generator=torch.Generator().manual_seed(seed + i),
+                          output_type="np").images[0]
+                     for i, prompt in enumerate(result.validation_prompts)])
+
+
+def test_run_exports_loras_that_redraw_the_training_images(tiny_sd_dir, trained):
 
     config, result = trained
     assert result.steps == 6 and result.last_images.shape == (2, 64, 64, 3)
     assert [s for s, _ in result.val_loss] == [0, 3, 6]
     assert [Path(p).name for _, p in result.validation_grids] == [
         "step_000000.png", "step_000003.png", "step_000006.png"]
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_dir, safety_checker=None,
-                                                   requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = tiny_pipeline(tiny_sd_dir)
 
     def draw():
-        return np.stack([pipe(prompt, num_inference_steps=3, guidance_scale=7.5, height=64,
-                              width=64, generator=torch.Generator().manual_seed(config.seed + i),
-                              output_type="np").images[0]
-                         for i, prompt in enumerate(result.validation_prompts)])
+        return draw_validation_images(pipe, result, config.seed)
 
     base = draw()
     assert np.abs(base - result.last_images).max() > 1e-3  # training changed the images
@@ -746,7 +757,6 @@ def test_optimizer_option_selects_the_optimizer(tiny_sd_dir, data, tmp_path):
 
 
 def test_ema_weights_are_what_validation_draws_and_export_writes(tiny_sd_dir, data, tmp_path):
-    from diffusers import StableDiffusionPipeline
 
     config = small_config(tiny_sd_dir, data, tmp_path, ema_decay=0.9, max_train_steps=6,
                           validation_every=6, checkpoint_every=0)
@@ -758,20 +768,14 @@ def test_ema_weights_are_what_validation_draws_and_export_writes(tiny_sd_dir, da
     assert len(shadow) == len(raw) == len(exported)  # an average of every LoRA weight
     assert all(any(torch.equal(v, s) for s in shadow) for v in exported.values())  # exported
     assert not all(any(torch.equal(v, s) for s in shadow) for v in raw.values())  # not raw
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_dir, safety_checker=None,
-                                                   requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = tiny_pipeline(tiny_sd_dir)
     pipe.load_lora_weights(str(result.lora_diffusers.parent), weight_name=result.lora_diffusers.name)
-    drawn = np.stack([pipe(prompt, num_inference_steps=3, guidance_scale=7.5, height=64, width=64,
-                           generator=torch.Generator().manual_seed(config.seed + i),
-                           output_type="np").images[0]
-                      for i, prompt in enumerate(result.validation_prompts)])
-    np.testing.assert_allclose(drawn, result.last_images, atol=1e-5)
+    np.testing.assert_allclose(draw_validation_images(pipe, result, config.seed),
+                               result.last_images, atol=1e-5)
 
 
 def test_dora_exports_a_diffusers_file_that_redraws_the_validation_images(tiny_sd_dir, data,
                                                                           tmp_path):
-    from diffusers import StableDiffusionPipeline
 
     from shoelib.lora_io import LoraFileError
 
@@ -783,15 +787,10 @@ def test_dora_exports_a_diffusers_file_that_redraws_the_validation_images(tiny_s
     scales = [k for k in kohya if k.endswith(".dora_scale")]
     assert scales and all(kohya[k].ndim == 2 and kohya[k].shape[1] == 1 for k in scales)
     assert json.loads(read_kohya_header(result)["ss_network_args"]) == {"use_dora": True}
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_dir, safety_checker=None,
-                                                   requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = tiny_pipeline(tiny_sd_dir)
 
     def draw():
-        return np.stack([pipe(prompt, num_inference_steps=3, guidance_scale=7.5, height=64,
-                              width=64, generator=torch.Generator().manual_seed(config.seed + i),
-                              output_type="np").images[0]
-                         for i, prompt in enumerate(result.validation_prompts)])
+        return draw_validation_images(pipe, result, config.seed)
 
     apply_lora(pipe, result.lora_diffusers)
     np.testing.assert_allclose(draw(), result.last_images, atol=1e-5)
@@ -872,7 +871,6 @@ def test_torch_compile_trains_the_same_lora(tiny_sd_dir, data, tmp_path, monkeyp
         str(eager.lora_diffusers)).keys()
 def test_text_encoder_lora_trains_and_both_files_redraw_the_validation_images(
         tiny_sd_dir, data, tmp_path, capsys):
-    from diffusers import StableDiffusionPipeline
 
     config = small_config(tiny_sd_dir, data, tmp_path, train_text_encoder=True,
                           text_encoder_lr=1e-2, max_train_steps=4, validation_every=4,
@@ -891,15 +889,10 @@ def test_text_encoder_lora_trains_and_both_files_redraw_the_validation_images(
                         weights_only=True)["optimizer"]["param_groups"]
     assert [g["initial_lr"] for g in groups] == [5e-3, 1e-2]  # UNet, then the text encoder
 
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_dir, safety_checker=None,
-                                                   requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = tiny_pipeline(tiny_sd_dir)
 
     def draw():
-        return np.stack([pipe(prompt, num_inference_steps=3, guidance_scale=7.5, height=64,
-                              width=64, generator=torch.Generator().manual_seed(config.seed + i),
-                              output_type="np").images[0]
-                         for i, prompt in enumerate(result.validation_prompts)])
+        return draw_validation_images(pipe, result, config.seed)
 
     apply_lora(pipe, result.lora_diffusers)
     with_text_lora = draw()
