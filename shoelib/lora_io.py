@@ -361,7 +361,7 @@ def apply_lora(pipe, lora_path: str | Path, strength: float = 1.0,
         else:
             # diffusers loads the UNet's layers; the text encoder's go through PEFT
             # (add_text_encoder_lora says why), from the same file.
-            with tempfile.TemporaryDirectory(dir=path.parent) as staging:
+            with tempfile.TemporaryDirectory() as staging:  # the LoRA's folder may be read-only
                 save_file({k: f.get_tensor(k) for k in keys if k not in text_keys},
                           str(Path(staging) / path.name), metadata=header)
                 pipe.load_lora_weights(staging, weight_name=path.name, adapter_name=adapter_name)
