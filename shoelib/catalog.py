@@ -15,6 +15,7 @@ import difflib
 import io
 import os
 import re
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -69,10 +70,12 @@ class AnalysisConfig:
     top_n: int
     sample_grid_size: int
     min_image_side: int
+    categories: tuple[str, ...] | list[str] = ()  # () = `category` alone
 
     def __post_init__(self) -> None:
         checks.text(self.data_root, "data_root", "data/raw/fashion-dataset", CatalogError)
-        checks.text(self.category, "category", "Casual Shoes", CatalogError)
+        object.__setattr__(self, "categories",
+                           checks.categories(self.category, self.categories, CatalogError))
         checks.text(self.output_root, "output_root", "data/demo", CatalogError)
         checks.random_seed(self.sample_seed, "sample_seed", CatalogError)
         checks.whole_number(self.top_n, "top_n", 1, 15, CatalogError)
@@ -333,6 +336,46 @@ def select_category(frame: pd.DataFrame, category: str) -> pd.DataFrame:
             f"{hint}"
         )
     return frame[frame["articleType"] == category].reset_index(drop=True)
+
+
+def select_categories(frame: pd.DataFrame, categories: Sequence[str]
+                      ) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Rows of every listed articleType, in list order, index reset; and the types left out.
+
+    A type with no row is left out with its reason (the others go on), so one typo in a
+    list of seven does not stop the run.
+
+    Returns:
+        (rows, {type: why it was left out}).
+    Raises:
+        CatalogError: none of the listed types has a row (the first one's error).
+    """
+    kept, skipped, first_error = [], {}, None
+    for category in categories:
+        try:
+            kept.append(select_category(frame, category))
+        except CatalogError as err:
+            skipped[category] = str(err)
+            first_error = first_error or err
+    if not kept:
+        raise first_error
+    return pd.concat(kept, ignore_index=True), skipped
+
+
+def compare_categories(rows: pd.DataFrame, catalogue_rows: int) -> pd.DataFrame:
+    """One line per articleType of `rows` (01's inventoried category rows): its size, share
+    of the catalogue, readable photos, colours, top colour and gender mix."""
+    lines = {}
+    for category, group in rows.groupby("articleType", sort=False):
+        colours = group["baseColour"].astype("object").fillna("<missing>").value_counts()
+        genders = group["gender"].astype("object").fillna("<missing>").value_counts(normalize=True)
+        lines[category] = {
+            "rows": len(group), "share of catalogue": len(group) / catalogue_rows,
+            "readable photos": int((group["image_status"] == "ok").sum()),
+            "colours": len(colours), "top colour": f"{colours.index[0]} ({colours.iloc[0] / len(group):.0%})",
+            "gender": ", ".join(f"{g} {s:.0%}" for g, s in genders.head(3).items()),
+        }
+    return pd.DataFrame.from_dict(lines, orient="index")
 
 
 def share_table(values: pd.Series, top_n: int | None = None, other: str = "Other") -> pd.DataFrame:

@@ -52,3 +52,32 @@ def text(value: Any, param: str, example: str, error: type[ValueError] = Setting
     if not isinstance(value, str) or not value.strip():
         raise error(f"{param}={value!r} must be a non-empty text; use e.g. {example!r}")
     return value
+
+
+def categories(category: Any, categories: Any, error: type[ValueError] = SettingError
+               ) -> tuple[str, ...]:
+    """The article types a notebook works on: `categories` when it lists any, else
+    `category` alone (the one-item case, with the layout of a single-category run).
+
+    `category` stays the run's main type (04's test prompts, 09's focus), so with a list it
+    must be one of its entries.
+    """
+    main = text(category, "category", "Casual Shoes", error)
+    if categories is None or (isinstance(categories, list | tuple) and not categories):
+        return (main,)
+    if not isinstance(categories, list | tuple):
+        raise error(f"categories={categories!r} must be a list of article types, e.g. "
+                    "['Casual Shoes', 'Sandals']; [] for `category` alone")
+    names = tuple(text(c, "categories", "Casual Shoes", error) for c in categories)
+    from shoelib.paths import slug  # folder names: two spellings of one type would share one
+
+    seen: dict[str, str] = {}
+    for name in names:
+        if slug(name) in seen:
+            raise error(f"categories lists {seen[slug(name)]!r} and {name!r}, which name the same "
+                        "folder; list each article type once")
+        seen[slug(name)] = name
+    if main not in names:
+        raise error(f"category={main!r} is not in categories={list(names)}; add it, or set "
+                    f"category to one of them (e.g. {names[0]!r})")
+    return names

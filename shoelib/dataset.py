@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -405,6 +405,81 @@ def plan_dataset(table: pd.DataFrame, config: DatasetConfig) -> DatasetPlan:
     return DatasetPlan(rows, skipped, split)
 
 
+def plan_categories(table: pd.DataFrame, configs: Mapping[str, DatasetConfig]
+                    ) -> tuple[dict[str, DatasetPlan], dict[str, str]]:
+    """Each category's plan, from its own rows of the table, with its own stratified split;
+    and the categories left out, each with the reason (the others go on).
+
+    A category is left out when the table has no row of it, none of its rows is usable, or
+    it has too few usable rows to give every split with a share a row (a type that cannot
+    be validated or tested would make every later figure about it empty).
+
+    Raises:
+        DatasetError: every category was left out (the first one's reason).
+    """
+    plans: dict[str, DatasetPlan] = {}
+    skipped: dict[str, str] = {}
+    for category, config in configs.items():
+        rows = table[table["articleType"] == category].reset_index(drop=True)
+        try:
+            if rows.empty:
+                raise DatasetError(
+                    f"category {category!r} has no row in the category table; rerun "
+                    "01_analysis with it in `categories` (same output_root)")
+            plan = plan_dataset(rows, config)
+            empty = [name for name, share in zip(SPLITS, config.split.fractions, strict=True)
+                     if share > 0 and not (plan.rows["split"] == name).any()]
+            if empty:
+                raise DatasetError(
+                    f"category {category!r} has {len(plan.rows)} usable row(s), too few for a "
+                    f"{'/'.join(SPLITS)} split (the {' and '.join(empty)} split would be empty); "
+                    "add photos or leave it out of `categories`")
+        except DatasetError as err:
+            skipped[category] = str(err)
+            continue
+        plans[category] = plan
+    if not plans:
+        raise DatasetError(next(iter(skipped.values())))
+    return plans, skipped
+
+
+def combine_plans(plans: Mapping[str, DatasetPlan]) -> DatasetPlan:
+    """One view over several categories' plans (for reporting; each is exported on its own):
+    rows and skipped rows concatenated, notes prefixed with their category."""
+    if len(plans) == 1:
+        return next(iter(plans.values()))
+    rows = pd.concat([p.rows for p in plans.values()], ignore_index=True)
+    split = SplitResult(
+        split=rows["split"], strata=rows["stratum"],
+        stratified=all(p.split.stratified for p in plans.values()),
+        notes=tuple(f"{name}: {note}" for name, p in plans.items() for note in p.split.notes))
+    return DatasetPlan(rows, pd.concat([p.skipped for p in plans.values()], ignore_index=True),
+                       split)
+
+
+def prepared_categories(output_root: str | Path, categories: Sequence[str]
+                        ) -> tuple[list[str], list[str]]:
+    """(the categories 02 exported a train split for, those it left out), in list order.
+
+    A single category is always "prepared": reading its split is then the one-line error
+    that names what to run. With several, one that 02 left out (too few photos) is skipped
+    by the later notebooks, which say so; if none was prepared, all are returned so that
+    the first one's error is raised.
+    """
+    from shoelib.paths import RunPaths
+
+    paths = RunPaths.from_param(output_root)
+    kept = [c for c in categories if (paths.processed(c) / "train" / "metadata.jsonl").is_file()]
+    if len(categories) == 1 or not kept:
+        return list(categories), []
+    return kept, [c for c in categories if c not in kept]
+
+
+def read_splits(split_dirs: Sequence[str | Path]) -> pd.DataFrame:
+    """`read_split` of several folders (one split of several categories), concatenated."""
+    return pd.concat([read_split(d) for d in split_dirs], ignore_index=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # Export
 
@@ -429,6 +504,21 @@ class ExportResult:
     moved: int
     removed: int
     metadata: dict[str, Any]
+
+    @classmethod
+    def combined(cls, results: Mapping[str, ExportResult]) -> ExportResult:
+        """Several categories' exports as one (summed counts; metadata per category)."""
+        if len(results) == 1:
+            return next(iter(results.values()))
+        parts = list(results.values())
+        return cls(
+            out_dir=parts[0].out_dir.parent,
+            rows=pd.concat([r.rows for r in parts], ignore_index=True),
+            skipped=pd.concat([r.skipped for r in parts], ignore_index=True),
+            counts={name: sum(r.counts[name] for r in parts) for name in SPLITS},
+            prepared=sum(r.prepared for r in parts), reused=sum(r.reused for r in parts),
+            moved=sum(r.moved for r in parts), removed=sum(r.removed for r in parts),
+            metadata={name: r.metadata for name, r in results.items()})
 
 
 def source_fingerprint(path: str | Path) -> dict[str, int]:

@@ -109,8 +109,13 @@ class EvalSets:
                 "synthetic": len(self.synthetic)}
 
 
-def load_eval_sets(output_root: str | Path, category: str, run_name: str) -> EvalSets:
+def load_eval_sets(output_root: str | Path, category: str | Sequence[str],
+                   run_name: str) -> EvalSets:
     """Real train/test splits from 02 and the synthetic run `run_name` from 06.
+
+    With several categories, every frame gets a `category` column and holds all of them.
+    Synthetic images of a category not asked for (a run over more categories) are left
+    out, with a note.
 
     Raises:
         FileNotFoundError: a real split is missing (run 02 first).
@@ -118,10 +123,16 @@ def load_eval_sets(output_root: str | Path, category: str, run_name: str) -> Eva
     from shoelib.dataset import read_split
     from shoelib.generate import EmptyRunError, read_run
 
+    cats = [category] if isinstance(category, str) else list(category)
     paths = RunPaths.from_param(output_root)
     run_dir = paths.synthetic_run(run_name)  # a bad name fails before any data is read
-    train = read_split(paths.processed(category) / "train")
-    test = read_split(paths.processed(category) / "test")
+
+    def real(split: str) -> pd.DataFrame:
+        frames = [read_split(paths.processed(c) / split).assign(category=c) for c in cats]
+        frame = pd.concat(frames, ignore_index=True)
+        return frame if len(cats) > 1 else frame.drop(columns="category")
+
+    train, test = real("train"), real("test")
     notes: list[str] = []
     try:
         run = read_run(run_dir)
@@ -130,6 +141,18 @@ def load_eval_sets(output_root: str | Path, category: str, run_name: str) -> Eva
     except EmptyRunError as err:
         synthetic, summary = pd.DataFrame(columns=["image_path", "colour", "text"]), {}
         notes.append(f"No synthetic images: {err}. Only the real baselines are computed.")
+    if "category" in synthetic.columns:
+        other = ~synthetic["category"].isin(cats)
+        if other.any():
+            notes.append(f"{int(other.sum())} synthetic images of other categories "
+                         f"({', '.join(sorted(set(synthetic.loc[other, 'category'])))}) left out")
+            synthetic = synthetic[~other].reset_index(drop=True)
+        if len(cats) == 1:
+            synthetic = synthetic.drop(columns="category")
+    elif len(cats) > 1 and len(synthetic):
+        raise ValueError(f"synthetic/{run_name} was generated for one category (its images "
+                         f"record none), not for {', '.join(cats)}; rerun 06 with the same "
+                         "categories into a new run_name")
     return EvalSets(train, test, synthetic, tuple(notes), summary)
 
 
@@ -527,6 +550,57 @@ def reference_photos(data_root: str | Path, categories: Sequence[str]) -> pd.Dat
         rows.append({"image_path": str(path), "articleType": r.articleType,
                      "colour": r.baseColour})
     return pd.DataFrame(rows, columns=["image_path", "articleType", "colour"])
+
+
+def per_category_results(sets: EvalSets, feats: dict[str, np.ndarray], checks: PhotoChecks,
+                         config: EvalConfig, feature_space: str,
+                         references: tuple[np.ndarray, Sequence[str]] | None = None
+                         ) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """Each category of a multi-category evaluation on its own: its real test and synthetic
+    counts, KID and precision / coverage of its synthetic images against its own real test
+    photos, their colour accuracy, and the share a linear probe (trained on real train photos
+    of every listed category plus the `references` photos of other types) recognises as it.
+
+    Returns:
+        (table: one row per category, values with their 95 % CIs as text;
+         {category: {measure: MetricResult.as_row()}} for summary.json).
+    """
+    table, record = {}, {}
+    labels = {which: sets_frame["category"].to_numpy()
+              for which, sets_frame in (("train", sets.train), ("test", sets.test),
+                                        ("synthetic", sets.synthetic))}
+    for category in dict.fromkeys(labels["train"]):
+        mask = {which: labels[which] == category for which in labels}
+        sub = {which: feats[which][mask[which]] for which in labels}
+        fidelity = {r.name.split(" (")[0]: r for r in fidelity_results(sub, config, feature_space)}
+        found = checks.synthetic["dominant_colour"].to_numpy()[mask["synthetic"]]
+        colour, _ = M.colour_faithfulness(list(sets.synthetic["colour"][mask["synthetic"]]),
+                                          list(found), "synthetic", config.seed)
+        rows = [fidelity["KID"], fidelity["precision"], fidelity["coverage"], colour]
+        if references is not None:
+            others = [feats["train"][~mask["train"]], references[0]]
+            other_labels = [*labels["train"][~mask["train"]], *references[1]]
+            recogniser = category_recogniser(category, sub["train"], sub["test"],
+                                             np.concatenate(others), other_labels, config.seed)
+            share = recogniser.share(sub["synthetic"])
+            rows.append(M.MetricResult(
+                "recognised as its category", None if np.isnan(share) else share,
+                n_synthetic=int(mask["synthetic"].sum()),
+                note=f"real test ceiling {recogniser.real_test_share:.2f}", better="higher"))
+        # "precision (synthetic)" -> "precision": every row here is of the synthetic images
+        table[category] = {"real test": int(mask["test"].sum()),
+                           "synthetic": int(mask["synthetic"].sum()),
+                           **{r.name.split(" (")[0]: _with_interval(r) for r in rows}}
+        record[category] = {r.name.split(" (")[0]: r.as_row() for r in rows}
+    return pd.DataFrame.from_dict(table, orient="index"), record
+
+
+def _with_interval(result: M.MetricResult) -> str:
+    if result.value is None:
+        return f"n/a ({result.note})" if result.note else "n/a"
+    if result.ci_low is None:
+        return f"{result.value:.3f}"
+    return f"{result.value:.3f} [{result.ci_low:.3f}, {result.ci_high:.3f}]"
 
 
 @dataclass(frozen=True)

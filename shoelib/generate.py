@@ -149,6 +149,7 @@ class PlannedImage:
     gender: str
     season: str
     view: str
+    category: str = ""  # the articleType, in a plan over several categories
 
     @property
     def file_name(self) -> str:
@@ -196,13 +197,80 @@ def plan_config_from_split(train_dir: str | Path, *, n_images: int, seed: int,
     return config
 
 
+@dataclass(frozen=True)
+class MixedPlanConfig:
+    """A plan over several categories, each at its share.
+
+    Item i first draws its category (from its own generator, seeded with (seed, i, 1)), then
+    is item i of that category's plan config: the attributes, prompt and seed a plan of that
+    category alone would give it.
+
+    Attributes:
+        n_images: plan length. seed: plan seed (every part has the same).
+        parts: (articleType, share, that category's PromptPlanConfig), in list order.
+    """
+
+    n_images: int
+    seed: int
+    parts: tuple[tuple[str, float, PromptPlanConfig], ...]
+
+    def check(self) -> None:
+        checks.whole_number(self.n_images, "n_images", 1, 5000, GenerateConfigError)
+        checks.random_seed(self.seed, "generation_seed", GenerateConfigError)
+        if len(self.parts) < 2 or any(w <= 0 for _, w, _ in self.parts):
+            raise GenerateConfigError(f"a plan over categories needs two or more with a positive "
+                                      f"share; got {[(c, w) for c, w, _ in self.parts]}")
+        for _, _, part in self.parts:
+            part.check()
+
+    @property
+    def category_shares(self) -> dict[str, float]:
+        total = sum(w for _, w, _ in self.parts)
+        return {c: w / total for c, w, _ in self.parts}
+
+
+CATEGORY_SHARES = ("train", "uniform")
+
+
+def plan_config_from_splits(train_dirs: Mapping[str, str | Path], *, n_images: int, seed: int,
+                            category_shares: str = "train", colour_distribution: str = "real",
+                            views: Sequence[str] = VIEW_PHRASES, template: str = DEFAULT_TEMPLATE
+                            ) -> PromptPlanConfig | MixedPlanConfig:
+    """The plan config of one category (`plan_config_from_split`), or over several: each
+    category's attributes from its own train split, its share that of its train split
+    among them ("train") or equal ("uniform")."""
+    from shoelib.dataset import read_split
+
+    if category_shares not in CATEGORY_SHARES:
+        raise GenerateConfigError(f"category_shares={category_shares!r} is unknown; use "
+                                  f"{' or '.join(CATEGORY_SHARES)}")
+    configs = {name: plan_config_from_split(d, n_images=n_images, seed=seed,
+                                            colour_distribution=colour_distribution, views=views,
+                                            article=name, template=template)
+               for name, d in train_dirs.items()}
+    if len(configs) == 1:
+        return next(iter(configs.values()))
+    sizes = {name: len(read_split(d)) for name, d in train_dirs.items()}
+    total = sum(sizes.values())
+    config = MixedPlanConfig(n_images=n_images, seed=seed, parts=tuple(
+        (name, round(sizes[name] / total if category_shares == "train" else 1 / len(configs), 6),
+         part) for name, part in configs.items()))
+    config.check()
+    return config
+
+
 def _draw(rng: np.random.Generator, pairs: Sequence[tuple[str, float]]) -> str:
     weights = np.array([w for _, w in pairs], dtype=np.float64)
     return pairs[int(rng.choice(len(pairs), p=weights / weights.sum()))][0]
 
 
-def plan_item(config: PromptPlanConfig, index: int) -> PlannedImage:
+def plan_item(config: PromptPlanConfig | MixedPlanConfig, index: int) -> PlannedImage:
     """Item `index` of the plan; depends only on (config.seed, index) and the weights."""
+    if isinstance(config, MixedPlanConfig):
+        pick = np.random.default_rng([int(config.seed), int(index), 1])
+        category, _, part = config.parts[int(pick.choice(
+            len(config.parts), p=np.array(list(config.category_shares.values()))))]
+        return replace(plan_item(part, index), category=category)
     rng = np.random.default_rng([int(config.seed), int(index)])
     colour, gender = _draw(rng, config.colours), _draw(rng, config.genders)
     season, view = _draw(rng, config.seasons), config.views[int(rng.integers(len(config.views)))]
@@ -212,7 +280,7 @@ def plan_item(config: PromptPlanConfig, index: int) -> PlannedImage:
     return PlannedImage(index, prompt, seed, colour, gender, season, view)
 
 
-def make_plan(config: PromptPlanConfig) -> list[PlannedImage]:
+def make_plan(config: PromptPlanConfig | MixedPlanConfig) -> list[PlannedImage]:
     """The whole plan; the first k items are the same for any n_images >= k."""
     config.check()
     return [plan_item(config, i) for i in range(config.n_images)]
@@ -254,6 +322,9 @@ class GenerateConfig:
     device: str = "auto"
     dtype: str = "auto"
     local_config: str | None = None
+    # One LoRA per category (05's lora_per_category): (articleType, file); an item of a listed
+    # category is rendered with its file instead of lora_path.
+    category_loras: tuple[tuple[str, Path], ...] = ()
 
     def check(self) -> None:
         """Raise a clear error for unusable settings, before any model is loaded; errors
@@ -273,9 +344,14 @@ class GenerateConfig:
         if not isinstance(self.negative_prompt, str):
             raise GenerateConfigError(f"negative_prompt={self.negative_prompt!r} must be text; "
                                       '"" for none')
-        if self.lora_path is not None and not Path(self.lora_path).is_file():
-            raise LoraNotFoundError(f"lora_path={str(self.lora_path)!r} is not a file; run "
-                                    "05_train_lora or set lora_path to its .safetensors file")
+        for path in [self.lora_path, *(p for _, p in self.category_loras)]:
+            if path is not None and not Path(path).is_file():
+                raise LoraNotFoundError(f"lora_path={str(path)!r} is not a file; run "
+                                        "05_train_lora or set lora_path to its .safetensors file")
+
+    def lora_for(self, item: PlannedImage) -> Path | None:
+        """The LoRA file that renders `item`."""
+        return dict(self.category_loras).get(item.category, self.lora_path)
 
 
 def find_lora(output_root: str | Path, lora_path: str | None = "") -> Path | None:
@@ -313,12 +389,49 @@ def find_lora(output_root: str | Path, lora_path: str | None = "") -> Path | Non
             f"no LoRA found: {summary} does not exist. Run 05_train_lora first (same "
             "output_root), or set lora_path to a LoRA .safetensors file, or lora_path='none' "
             "to generate with the base model alone")
-    path = paths.locate(read_json(summary).get("lora_diffusers") or "")
+    index = read_json(summary)
+    if "lora_per_category" in index:
+        raise LoraNotFoundError(
+            f"{summary} lists one LoRA per category ({', '.join(index['lora_per_category'])}); "
+            "generate those categories (`categories`), or set lora_path to one of the files")
+    path = paths.locate(index.get("lora_diffusers") or "")
     if not path.is_file():
         raise LoraNotFoundError(f"{summary} names lora_diffusers={str(path)!r}, which does not "
                                 "exist; rerun 05_train_lora or set lora_path")
     read_header(path)
     return path
+
+
+def find_category_loras(output_root: str | Path, categories: Sequence[str]
+                        ) -> tuple[tuple[str, Path], ...]:
+    """The per-category LoRAs 05 wrote (`lora_per_category`) for `categories`, or () when
+    05 trained one LoRA (or none yet: `find_lora` then says what to do).
+
+    Raises:
+        LoraNotFoundError: a category has no LoRA of its own, or its file is gone.
+    """
+    from shoelib.lora_io import read_header
+
+    paths = RunPaths.from_param(output_root)
+    summary = paths.lora / "summary.json"
+    if not summary.is_file():
+        return ()
+    per_category = read_json(summary).get("lora_per_category")
+    if not per_category:
+        return ()
+    found = []
+    for name in categories:
+        if name not in per_category:
+            raise LoraNotFoundError(
+                f"{summary} has a LoRA for {', '.join(per_category)} but not for {name!r}; rerun "
+                "05_train_lora with the same categories, or leave it out")
+        path = paths.locate(per_category[name])
+        if not path.is_file():
+            raise LoraNotFoundError(f"{summary} names {str(path)!r} for {name!r}, which does "
+                                    "not exist; rerun 05_train_lora or set lora_path")
+        read_header(path)
+        found.append((name, path))
+    return tuple(found)
 
 
 def set_scheduler(pipe: Any, name: str) -> None:
@@ -356,7 +469,11 @@ def run_settings(plan_config: PromptPlanConfig, gen: GenerateConfig) -> dict[str
 
     plan = asdict(plan_config)
     plan.pop("n_images")
-    return {
+    for _, _, part in plan.get("parts", ()):
+        part.pop("n_images")
+    extra = {"category_loras": {c: lora_fingerprint(p) for c, p in gen.category_loras}
+             } if gen.category_loras else {}  # absent for one LoRA: earlier runs still resume
+    return {**extra,
         "plan": json.loads(json.dumps(plan)),  # tuples -> lists, as read back from JSON
         "model": model_name(gen.model),
         "lora": str(gen.lora_path) if gen.lora_path else None,
@@ -403,12 +520,14 @@ def image_record(item: PlannedImage, gen: GenerateConfig, *, seed: int, attempts
                  failures: Sequence[str], fp32_retry: bool, seconds: float, dtype: str,
                  process: int = 0) -> dict:
     """The manifest row of one image (without file_name), also stored in its PNG."""
+    lora = gen.lora_for(item)
     return {
+        **({"category": item.category} if item.category else {}),
         "index": item.index, "text": item.prompt, "colour": item.colour, "gender": item.gender,
         "season": item.season, "view": item.view, "seed": int(seed),
         "planned_seed": item.seed, "attempts": attempts, "failures": list(failures),
         "fp32_retry": bool(fp32_retry), "seconds": round(float(seconds), 4), "dtype": dtype,
-        "model": model_name(gen.model), "lora": str(gen.lora_path) if gen.lora_path else None,
+        "model": model_name(gen.model), "lora": str(lora) if lora else None,
         "lora_strength": float(gen.lora_strength), "scheduler": gen.scheduler,
         "steps": gen.steps, "guidance_scale": float(gen.guidance_scale),
         "negative_prompt": gen.negative_prompt, "resolution": gen.resolution,
@@ -623,9 +742,21 @@ def generate(plan_config: PromptPlanConfig, gen: GenerateConfig, out_dir: str | 
         counts: Counter = Counter()
         if mine:
             pipe = load_generation_pipeline(gen, policy)
-            counts = generate_items(pipe, mine, out_dir, gen, policy,
-                                    progress=progress and state.is_local_main_process,
-                                    process=state.process_index)
+            # With one LoRA per category, each category's items are rendered with its own.
+            groups: dict[Path | None, list[PlannedImage]] = {}
+            for item in mine:
+                groups.setdefault(gen.lora_for(item), []).append(item)
+            for lora, items in groups.items():
+                if gen.category_loras:
+                    from shoelib.lora_io import apply_lora
+
+                    if lora is not None:
+                        apply_lora(pipe, lora, strength=gen.lora_strength)
+                    elif pipe.get_list_adapters():
+                        pipe.unload_lora_weights()
+                counts += generate_items(pipe, items, out_dir, gen, policy,
+                                         progress=progress and state.is_local_main_process,
+                                         process=state.process_index)
         state.wait_for_everyone()
         manifest, summary = pd.DataFrame(), {}
         if state.is_main_process:
@@ -656,7 +787,8 @@ def run_summary(out_dir: Path, plan: Sequence[PlannedImage], manifest: pd.DataFr
     seconds = rows["seconds"].astype(float)
     return {
         "run": out_dir.name, "model": model_name(gen.model),
-        "lora": str(gen.lora_path) if gen.lora_path else None,
+        "lora": ({c: str(p) for c, p in gen.category_loras} if gen.category_loras
+                 else str(gen.lora_path) if gen.lora_path else None),
         "lora_strength": float(gen.lora_strength), "scheduler": gen.scheduler,
         "steps": gen.steps, "guidance_scale": float(gen.guidance_scale),
         "resolution": gen.resolution, "negative_prompt": gen.negative_prompt,
@@ -668,6 +800,8 @@ def run_summary(out_dir: Path, plan: Sequence[PlannedImage], manifest: pd.DataFr
         "seconds_per_image": float(seconds.mean()) if n else None,
         "seconds_per_image_median": float(seconds.median()) if n else None,
         "colour_counts": {str(k): int(v) for k, v in rows["colour"].value_counts().items()},
+        **({"category_counts": {str(k): int(v) for k, v in rows["category"].value_counts().items()}}
+           if "category" in rows.columns else {}),
         "gender_counts": {str(k): int(v) for k, v in rows["gender"].value_counts().items()},
         "complete": n + len(markers) == len(plan),
         "device": policy.device, "dtype": policy.dtype_name,
@@ -742,7 +876,7 @@ def read_run(run_dir: str | Path) -> SyntheticRun:
 # Notebook 06's parameters that decide the run (the notebook's cpu_threads and
 # generation_grid_size only change how fast it runs and what it shows).
 GENERATE_PARAMETERS = (
-    "output_root", "category", "model", "local_config", "device", "dtype", "generation_seed",
+    "output_root", "category", "categories", "category_shares", "model", "local_config", "device", "dtype", "generation_seed",
     "resolution", "guidance_scale", "lora_path", "lora_strength", "run_name", "n_images",
     "colour_distribution", "view_phrases", "caption_template", "negative_prompt", "scheduler",
     "generation_steps", "generation_batch_size", "max_attempts",
@@ -764,8 +898,11 @@ def configs_from_params(params: Mapping[str, Any]) -> tuple[PromptPlanConfig, Ge
         raise GenerateConfigError(f"06's parameter(s) {', '.join(missing)} are not set; add them "
                                   "(configs/demo.yaml lists every one)")
     p = {k: params[k] for k in GENERATE_PARAMETERS}
-    for name, example in (("output_root", "data/demo"), ("category", "Casual Shoes")):
-        checks.text(p[name], name, example, GenerateConfigError)  # run_name: paths.path_name
+    checks.text(p["output_root"], "output_root", "data/demo", GenerateConfigError)
+    cats = checks.categories(p["category"], p["categories"], GenerateConfigError)
+    if p["category_shares"] not in CATEGORY_SHARES:
+        raise GenerateConfigError(f"category_shares={p['category_shares']!r} is unknown; use "
+                                  f"{' or '.join(CATEGORY_SHARES)}")
     views = p["view_phrases"]
     if not isinstance(views, list | tuple):
         raise GenerateConfigError(f"view_phrases={views!r} must be a list of phrases, "
@@ -784,13 +921,19 @@ def configs_from_params(params: Mapping[str, Any]) -> tuple[PromptPlanConfig, Ge
     gen.check()
     paths = RunPaths.from_param(p["output_root"])
     out_dir = paths.synthetic_run(p["run_name"])  # a bad name fails before any data is read
-    # Only now the files: the LoRA 05 wrote and the train split's shares.
-    gen = replace(gen, model=model_name(gen.model),
-                  lora_path=find_lora(p["output_root"], p["lora_path"]))
-    plan_config = plan_config_from_split(
-        paths.processed(p["category"]) / "train", n_images=p["n_images"],
-        seed=p["generation_seed"], colour_distribution=p["colour_distribution"],
-        views=tuple(views), article=p["category"], template=p["caption_template"])
+    # Only now the files: the LoRA(s) 05 wrote and the train splits' shares.
+    from shoelib.dataset import prepared_categories
+
+    kept, _ = prepared_categories(p["output_root"], cats)  # 06 reports the left-out ones
+    loras = (find_category_loras(p["output_root"], kept)
+             if len(kept) > 1 and not str(p["lora_path"] or "").strip() else ())
+    gen = replace(gen, model=model_name(gen.model), category_loras=loras,
+                  lora_path=None if loras else find_lora(p["output_root"], p["lora_path"]))
+    plan_config = plan_config_from_splits(
+        {name: paths.processed(name) / "train" for name in kept}, n_images=p["n_images"],
+        seed=p["generation_seed"], category_shares=p["category_shares"],
+        colour_distribution=p["colour_distribution"], views=tuple(views),
+        template=p["caption_template"])
     return plan_config, gen, out_dir
 
 

@@ -85,7 +85,10 @@ class RunPaths:
     def relative(self, value: object) -> object:
         """A path under `root` as summaries store it, relative to `root`, so that a moved or
         copied output_root still finds its files (`locate` reads it back). Anything else
-        (other paths, text, numbers) is returned unchanged."""
+        (other paths, text, numbers) is returned unchanged; a list or tuple (several
+        categories' folders), item by item, as a list."""
+        if isinstance(value, list | tuple):
+            return [self.relative(v) for v in value]
         if isinstance(value, str | Path) and Path(value).is_absolute():
             try:
                 return str(Path(value).relative_to(self.root))

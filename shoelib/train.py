@@ -132,10 +132,10 @@ class TrainConfig:
     """
 
     model: str                    # hub id or local diffusers folder
-    train_dir: str                # processed/<category>/train (metadata.jsonl + PNGs)
+    train_dir: str | tuple[str, ...]  # processed/<category>/train (metadata.jsonl + PNGs); several: one LoRA over all
     output_dir: str               # LoRA files, checkpoints/, validation/, logs/
     cache_dir: str                # cached latents and caption states
-    val_dir: str | None = None    # processed/<category>/val; None: no validation loss
+    val_dir: str | tuple[str, ...] | None = None  # processed/<category>/val (or several); None: no validation loss
     resolution: int = 512         # px, multiple of 8
     max_train_steps: int = 3000   # optimizer steps
     lora_rank: int = 8
@@ -177,7 +177,12 @@ class TrainConfig:
         object.__setattr__(self, "model", str(self.model))
         for name in ("train_dir", "output_dir", "cache_dir", "val_dir"):
             value = getattr(self, name)
-            if value is not None:
+            if name in ("train_dir", "val_dir") and isinstance(value, list | tuple):
+                # The splits of several categories, read as one (shoelib.dataset.read_splits).
+                _require(bool(value) and all(isinstance(v, str | Path) for v in value),
+                         f"{name}={value!r} must be a folder path or a non-empty list of them")
+                object.__setattr__(self, name, tuple(str(resolve(v)) for v in value))
+            elif value is not None:
                 _require(isinstance(value, str | Path), f"{name}={value!r} must be a folder path")
                 object.__setattr__(self, name, str(resolve(value)))
         check_config(self)
@@ -1155,13 +1160,16 @@ def check_inputs(config: TrainConfig) -> dict:
     Returns:
         {"train": DataFrame, "val": DataFrame or None} for `cache_inputs`.
     """
-    from shoelib.dataset import read_split
+    from shoelib.dataset import read_splits
 
-    splits = {"train": read_split(config.train_dir),
-              "val": read_split(config.val_dir) if config.val_dir else None}
+    def folders(value) -> list:
+        return list(value) if isinstance(value, tuple) else [value]
+
+    splits = {"train": read_splits(folders(config.train_dir)),
+              "val": read_splits(folders(config.val_dir)) if config.val_dir else None}
     _require(config.background_loss_weight == 1 or "mask_path" in splits["train"].columns,
              f"background_loss_weight={config.background_loss_weight} needs foreground masks, "
-             f"but {Path(config.train_dir) / 'metadata.jsonl'} lists none (no mask_file_name); "
+             f"but the train split's metadata.jsonl ({config.train_dir}) lists none (no mask_file_name); "
              "rerun 02_prepare_dataset to write them, or set background_loss_weight=1")
     check_model(config.model)
     return splits

@@ -56,6 +56,25 @@ def tiny_sd_dir(tmp_path_factory) -> Path:
     return build_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-sd")
 
 
+@pytest.fixture(scope="session")
+def tiny_lora(tiny_sd_dir, tmp_path_factory) -> Path:
+    """A rank-4 LoRA on the tiny UNet's attention, saved by shoelib.lora_io."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from peft import LoraConfig
+
+    from shoelib.lora_io import LORA_TARGET_MODULES, save_diffusers_lora
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd_dir, subfolder="unet")
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=8, init_lora_weights="gaussian",
+                                target_modules=list(LORA_TARGET_MODULES)))
+    with torch.no_grad():
+        for name, param in unet.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.02)
+    return save_diffusers_lora(unet, tmp_path_factory.mktemp("lora") / "pytorch_lora_weights.safetensors")
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One torch thread for a module: the tiny model's tensors are too small to split, and on

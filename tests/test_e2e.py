@@ -18,7 +18,8 @@ CONTRACTS = {
     "01": ("analysis/summary.json", {"rows_read", "rows_repaired", "category", "category_rows",
                                      "images_present", "images_missing", "images_unreadable",
                                      "colour_counts", "gender_counts"}),
-    "02": (f"processed/{slug('Casual Shoes')}/metadata.json", {"splits"}),
+    "02": ("processed/summary.json", {"categories", "prepared_categories", "splits_per_category",
+                                      "exported", "skipped_categories"}),
     "03": ("environment/env.json", {"device", "dtype", "reason", "versions", "memory", "disk"}),
     "04": ("inference/summary.json", {"model", "device", "dtype", "images", "seconds_first",
                                       "seconds_steady", "peak_memory_bytes", "fp32_retries"}),
@@ -54,6 +55,29 @@ def test_demo_chain_runs_and_keeps_its_contracts(tmp_path):
             rel, keys = CONTRACTS[step.number]
             summary = json.loads((RunPaths(out).root / rel).read_text())
             assert keys <= set(summary), f"{rel} lacks {keys - set(summary)}"
+    # Every demo category through every notebook that takes `categories`: its own analysis,
+    # its own split folder, a share of the one LoRA's data and of the plan, its own evaluation.
+    categories = run.load_profile("demo")["categories"]
+    assert len(categories) >= 3
+    analysis = json.loads((out / "analysis" / "summary.json").read_text())
+    prepared = json.loads((out / "processed" / "summary.json").read_text())
+    lora = json.loads((out / "lora" / "summary.json").read_text())
+    generated = json.loads((out / "synthetic" / "demo" / "summary.json").read_text())
+    evaluated = json.loads((out / "evaluation" / "summary.json").read_text())
+    assert analysis["categories"] == prepared["prepared_categories"] == categories
+    assert lora["dataset"]["categories"] == evaluated["categories"] == categories
+    for category in categories:
+        assert analysis["per_category"][category]["readable_photos"] > 0
+        metadata = json.loads((out / "processed" / slug(category) / "metadata.json").read_text())
+        assert all(metadata["splits"][s] > 0 for s in ("train", "val", "test"))
+        assert metadata["splits"] == prepared["splits_per_category"][category]
+        assert f"processed/{slug(category)}/train" in lora["dataset"]["train_dir"]
+        assert generated["category_counts"][category] > 0
+        measures = evaluated["per_category"][category]
+        assert {"KID", "precision", "coverage", "colour accuracy",
+                "recognised as its category"} <= set(measures)
+        assert 0 < measures["colour accuracy"]["n_synthetic"] <= generated["category_counts"][category]
+    assert sum(generated["category_counts"].values()) == generated["n_images"]
     # headless, 08 rates nothing and says so instead of waiting for a rater
     human = json.loads((out / "evaluation" / "human" / "summary.json").read_text())
     assert human["n_ratings"] == 0 and human["lines"] == [NO_RATINGS]

@@ -372,7 +372,7 @@ def test_prdc_matches_a_brute_force_reference(k):
         assert row.ci_low <= row.value <= row.ci_high
 
 
-def test_prdc_separates_fidelity_from_diversity_and_needs_k_plus_one_images():
+def test_prdc_separates_fidelity_from_diversity_and_needs_k_plus_two_images():
     rng = np.random.default_rng(0)
     real = rng.normal(size=(200, 2))
     collapsed = rng.normal(0, 0.05, size=(200, 2))  # good images of one kind
@@ -380,8 +380,10 @@ def test_prdc_separates_fidelity_from_diversity_and_needs_k_plus_one_images():
     c, o = M.prdc(real, collapsed), M.prdc(real, off)
     assert c["precision"] > 0.95 and c["coverage"] < 0.2 and c["recall"] < 0.2
     assert o["precision"] < 0.05 and o["coverage"] < 0.05
-    few = M.prdc_results(real, collapsed[:5], k=5)
-    assert few[0].value is None and "needs at least 6 synthetic images; got 5" in few[0].note
+    # k + 1 images used to pass the check and then fail inside prdc (argpartition kth=k+1)
+    few = M.prdc_results(real, collapsed[:6], k=5)
+    assert few[0].value is None and "needs at least 7 synthetic images; got 6" in few[0].note
+    assert M.prdc_results(real, collapsed[:7], k=5)[0].value is not None
 
 
 # --- Vendi score

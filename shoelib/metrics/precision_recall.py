@@ -66,12 +66,13 @@ def prdc_results(real: np.ndarray, fake: np.ndarray, *, k: int = 5, n_boot: int 
                  ) -> list[MetricResult]:
     """The four measures of `fake` against `real`, each with its N and 95 % CI.
 
-    Needs more than k images in each set (a k-th neighbour other than the image itself).
+    Needs k + 2 images in each set: the prdc package takes each image's k-th neighbour with
+    `argpartition(kth=k + 1)` over its distances to the set, itself included.
     """
     n_r, n_f = len(real), len(fake)
     try:
-        require_images(f"precision/recall with k={k}", "real", n_r, k + 1)
-        require_images(f"precision/recall with k={k}", which, n_f, k + 1)
+        require_images(f"precision/recall with k={k}", "real", n_r, k + 2)
+        require_images(f"precision/recall with k={k}", which, n_f, k + 2)
     except TooFewImagesError as err:
         return [MetricResult(f"{m} ({which})", None, None, n_r, n_f, str(err), "higher")
                 for m in MEASURES]
