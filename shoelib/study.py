@@ -201,25 +201,32 @@ class StudyPools:
     notes: tuple[str, ...]
 
 
-def single_category_pools(category: str, train: pd.DataFrame, test: pd.DataFrame,
-                          synthetic: pd.DataFrame, others: pd.DataFrame, *, seed: int,
-                          test_share: float = 0.3) -> StudyPools:
-    """Pools for a chain that trained one category: its own train/test splits (02's), its
-    synthetic images, and the real photos of the other article types split per type into
-    train and test (`test_share` of each, seeded) so that the classifier has classes to
-    tell apart. The 02 splits of `category` are used as they are (no test photo is trained)."""
+def chain_pools(category: str, train: pd.DataFrame, test: pd.DataFrame,
+                synthetic: pd.DataFrame, others: pd.DataFrame, *, seed: int,
+                test_share: float = 0.3) -> StudyPools:
+    """Pools for the chain's categories: their own train/test splits (02's), their synthetic
+    images, and the real photos of the other article types split per type into train and
+    test (`test_share` of each, seeded) so that the classifier has classes to tell apart.
+
+    The chain's splits are used as they are (no test photo is trained, and no photo the LoRA
+    trained on is tested). With several categories the frames carry a `category` column
+    (`evaluation.load_eval_sets`); otherwise every image is of `category`."""
     parts = []
     for _, group in others.groupby("articleType", sort=True):
         order = np.random.default_rng(seed).permutation(len(group))
         n_test = max(1, int(round(test_share * len(group))))
         parts.append((group.iloc[order[n_test:]], group.iloc[order[:n_test]]))
     notes = [] if len(synthetic) else ["the synthetic run has no images: only real sets are trained"]
-    own = {"articleType": category}
     columns = ["image_path", "articleType", "colour"]
+
+    def own(frame: pd.DataFrame) -> pd.DataFrame:
+        types = frame["category"] if "category" in frame.columns else category
+        return frame.assign(articleType=types)[columns].reset_index(drop=True)
+
     return StudyPools(
-        pd.concat([train.assign(**own)[columns]] + [p[0][columns] for p in parts], ignore_index=True),
-        pd.concat([test.assign(**own)[columns]] + [p[1][columns] for p in parts], ignore_index=True),
-        synthetic.assign(**own)[columns].reset_index(drop=True), tuple(notes))
+        pd.concat([own(train)] + [p[0][columns] for p in parts], ignore_index=True),
+        pd.concat([own(test)] + [p[1][columns] for p in parts], ignore_index=True),
+        own(synthetic), tuple(notes))
 
 
 def task_classes(pools: StudyPools, task: str, min_per_class: int = 5) -> list[str]:

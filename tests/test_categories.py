@@ -267,3 +267,27 @@ def test_one_lora_trains_on_every_listed_category_s_split(tiny_sd_dir, two_categ
     with pytest.raises(ValueError, match="train_dir=\\(\\) must be a folder path or a non-empty list"):
         TrainConfig(model=str(tiny_sd_dir), train_dir=(), output_dir=tmp_path, cache_dir=tmp_path,
                     max_train_steps=1, lr_warmup_steps=0)
+
+
+def test_the_study_takes_every_chain_category_from_its_own_splits():
+    from shoelib import study as S
+
+    def frame(prefix, categories):
+        return pd.DataFrame({"image_path": [f"{prefix}{i}.png" for i in range(len(categories))],
+                             "colour": "Black", "category": categories})
+
+    train = frame("train", ["Casual Shoes"] * 4 + ["Sandals"] * 2)
+    test = frame("test", ["Casual Shoes", "Sandals"])
+    synthetic = frame("syn", ["Sandals", "Casual Shoes", "Sandals"])
+    others = pd.DataFrame({"image_path": [f"heel{i}.png" for i in range(10)],
+                           "articleType": "Heels", "colour": "Red"})
+    pools = S.chain_pools("Casual Shoes", train, test, synthetic, others, seed=0)
+    assert list(pools.synthetic["articleType"]) == ["Sandals", "Casual Shoes", "Sandals"]
+    assert pools.real["articleType"].value_counts().to_dict() == {"Casual Shoes": 4, "Heels": 7,
+                                                                  "Sandals": 2}
+    # 02's splits as they are: none of the chain's test photos is trained on
+    assert set(pools.test["image_path"][:2]) == {"test0.png", "test1.png"}
+    assert not set(pools.real["image_path"]) & set(pools.test["image_path"])
+    one = S.chain_pools("Casual Shoes", train.drop(columns="category"), test.drop(columns="category"),
+                        synthetic.drop(columns="category"), others, seed=0)
+    assert set(one.synthetic["articleType"]) == {"Casual Shoes"}
