@@ -633,7 +633,10 @@ def category_recogniser(category: str, category_train: np.ndarray, category_test
 
     x = np.concatenate([category_train, others])
     y = np.array([category] * len(category_train) + list(other_labels))
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
+    # Balanced: the category has several times the photos of each other type, and a probe fitted
+    # to raw counts would recognise it in whatever is uncertain, even a base model that never saw it.
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed,
+                                                               class_weight="balanced"))
     model.fit(x, y)
     rec = CategoryRecogniser(model, category, tuple(sorted(set(y))), 0.0)
     return CategoryRecogniser(model, category, rec.classes, rec.share(category_test))

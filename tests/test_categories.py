@@ -291,3 +291,15 @@ def test_the_study_takes_every_chain_category_from_its_own_splits():
     one = S.chain_pools("Casual Shoes", train.drop(columns="category"), test.drop(columns="category"),
                         synthetic.drop(columns="category"), others, seed=0)
     assert set(one.synthetic["articleType"]) == {"Casual Shoes"}
+
+
+def test_the_category_recogniser_is_not_won_over_by_the_larger_class():
+    # 300 real photos of the category against 20 of another type, overlapping in feature space:
+    # a probe fitted to the raw class counts calls most images of the small type the category.
+    rng = np.random.default_rng(0)
+    category = rng.normal(0.0, 1.0, size=(300, 2))
+    other = rng.normal(1.5, 1.0, size=(20, 2))
+    recogniser = E.category_recogniser("A", category, rng.normal(0.0, 1.0, size=(100, 2)),
+                                       other, ["B"] * 20)
+    assert recogniser.share(rng.normal(1.5, 1.0, size=(400, 2))) < 0.4
+    assert recogniser.real_test_share > 0.6
