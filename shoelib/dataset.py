@@ -6,7 +6,8 @@
 
 Layout written under processed/<category slug>/:
 
-    train/ val/ test/        <id>.png (size x size), <id>.txt (caption, kohya sidecar),
+    train/ val/ test/        <id>.png (size x size, or its aspect bucket with aspect_buckets),
+                             <id>.txt (caption, kohya sidecar),
                              masks/<id>.png (foreground mask, 255 = product),
                              metadata.jsonl (Hugging Face `imagefolder`: file_name, text,
                              mask_file_name, ...)
@@ -30,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from shoelib import checks, report
 from shoelib.captions import DEFAULT_TEMPLATE, FIELDS, check_template, fill, is_missing
@@ -38,8 +40,11 @@ from shoelib.images import (
     MIN_IMAGE_SIDE,
     PREPARATION_VERSION,
     PrepareConfig,
+    bucket_step,
     mask_path,
     open_image,
+    padding_share,
+    prepare_box,
     prepare_images,
     size_problem,
     write_mask,
@@ -126,6 +131,8 @@ class DatasetConfig:
     workers: image-preparation processes; 0 = one per CPU.
     png_compress_level: zlib level 0-9 (pixels identical; 1 is fast, 6 smaller).
     min_image_side: photos whose shorter side is below this (px) are skipped as unreadable.
+    aspect_buckets: each photo at its aspect bucket of about image_size² pixels
+        (`shoelib.images.bucket_sizes`, e.g. 448x576 for 3:4 at 512) instead of the square.
     """
 
     category: str
@@ -135,17 +142,26 @@ class DatasetConfig:
     workers: int = 0
     png_compress_level: int = 1
     min_image_side: int = MIN_IMAGE_SIDE
+    aspect_buckets: bool = False
 
     def __post_init__(self) -> None:
         checks.text(self.category, "category", "Casual Shoes", DatasetError)
         checks.whole_number(self.image_size, "image_size", 8, 512, DatasetError)
         check_template(self.caption_template)
         checks.whole_number(self.workers, "prepare_workers", 0, 0, DatasetError)
-        self.prepare_config()  # validates png_compress_level and min_image_side
+        self.prepare_config()  # validates png_compress_level, min_image_side, aspect_buckets
 
     def prepare_config(self) -> PrepareConfig:
         return PrepareConfig(size=self.image_size, compress_level=self.png_compress_level,
-                             min_side=self.min_image_side, masks=True)
+                             min_side=self.min_image_side, masks=True,
+                             buckets=self.aspect_buckets)
+
+    def manifest_params(self) -> dict[str, Any]:
+        """What a prepared image depends on besides its source file: a finished image whose
+        manifest entry records other values is prepared again. Without buckets the entry is
+        what it was before buckets existed, so those images are kept."""
+        params = {"image_size": self.image_size, "preparation_version": PREPARATION_VERSION}
+        return {**params, "aspect_buckets": True} if self.aspect_buckets else params
 
     def parameters(self) -> dict[str, Any]:
         """The settings as recorded in metadata.json."""
@@ -156,6 +172,7 @@ class DatasetConfig:
             "min_class_rows": self.split.min_class_rows, "split_seed": self.split.seed,
             "stratify_column": self.split.column, "png_compress_level": self.png_compress_level,
             "min_image_side": self.min_image_side, "preparation_version": PREPARATION_VERSION,
+            "aspect_buckets": self.aspect_buckets,
         }
 
 
@@ -562,7 +579,7 @@ def _export_locked(plan: DatasetPlan, out_dir: Path, config: DatasetConfig,
     rows["file_name"] = rows["id"].map(lambda i: f"{int(i)}.png")
     rows["png_path"] = [str(out_dir / s / f) for s, f in zip(rows["split"], rows["file_name"],
                                                                strict=True)]
-    params = {"image_size": config.image_size, "preparation_version": PREPARATION_VERSION}
+    params = config.manifest_params()
 
     with open(out_dir / MANIFEST, "a", encoding="utf-8") as log:
         # 1. Reuse finished images (moving those whose split changed); list the rest.
@@ -592,6 +609,10 @@ def _export_locked(plan: DatasetPlan, out_dir: Path, config: DatasetConfig,
     skipped = pd.concat([plan.skipped, pd.DataFrame(lost, columns=["id", "reason", "detail"])],
                         ignore_index=True)
     _write_captions(rows)
+    if config.aspect_buckets:  # each image's own size, as written (kept ones included)
+        sizes = [_header_size(png) for png in rows["png_path"]]
+        rows["width"] = [w for w, _ in sizes]
+        rows["height"] = [h for _, h in sizes]
     counts = {name: int((rows["split"] == name).sum()) for name in SPLITS}
     for name in SPLITS:
         _write_split_metadata(out_dir / name, rows[rows["split"] == name])
@@ -663,7 +684,47 @@ def export_record(row: Mapping[str, Any]) -> dict[str, Any]:
         else:
             record[key] = "" if is_missing(value) else str(value)
     record["split"] = row["split"]
+    if "width" in row:  # aspect buckets: the sizes differ from image to image
+        record["width"], record["height"] = int(row["width"]), int(row["height"])
     return record
+
+
+def _header_size(path: str | Path) -> tuple[int, int]:
+    """An image file's (width, height) from its header (nothing decoded)."""
+    with Image.open(path) as image:
+        return image.size
+
+
+def source_sizes(rows: pd.DataFrame) -> pd.Series:
+    """Each row's photo (width, height): 01's `image_width`/`image_height` where the table has
+    them, else read from the header of its `image_path` (nothing decoded)."""
+    if {"image_width", "image_height"} <= set(rows.columns):
+        pairs = zip(rows["image_width"].astype(int), rows["image_height"].astype(int), strict=True)
+    else:
+        pairs = (_header_size(resolve(path)) for path in rows["image_path"])
+    return pd.Series(list(pairs), index=rows.index, dtype="object")
+
+
+def padding_shares(rows: pd.DataFrame, image_size: int) -> dict[str, dict[str, float]]:
+    """The share of prepared pixels that is padding, letterbox against aspect buckets, per
+    split and over all rows, from each photo's own size (`source_sizes`).
+
+    Returns:
+        {"letterbox" | "buckets": {"train", "val", "test", "all": share}}; a split without
+        rows is left out.
+    """
+    sizes = source_sizes(rows)
+    parts = {name: sizes[rows["split"] == name] for name in SPLITS} | {"all": sizes}
+    return {kind: {name: round(padding_share(list(part), image_size, kind == "buckets"), 4)
+                   for name, part in parts.items() if len(part)}
+            for kind in ("letterbox", "buckets")}
+
+
+def bucket_counts(rows: pd.DataFrame, image_size: int) -> dict[str, int]:
+    """How many photos fall into each aspect bucket ("WxH"), most first, from their own size."""
+    boxes = [prepare_box(w, h, image_size, True) for w, h in source_sizes(rows)]
+    counts = pd.Series([f"{w}x{h}" for w, h in boxes], dtype="object").value_counts()
+    return {str(k): int(v) for k, v in counts.items()}
 
 
 def dataset_metadata(rows: pd.DataFrame, skipped: pd.DataFrame, split: SplitResult,
@@ -677,6 +738,8 @@ def dataset_metadata(rows: pd.DataFrame, skipped: pd.DataFrame, split: SplitResu
         "colour_counts": {name: {str(c): int(n) for c, n in colours[name].items() if n}
                           for name in SPLITS} if colours is not None else {},
         "parameters": config.parameters(),
+        **({"padding_share": padding_shares(rows, config.image_size),
+            "bucket_counts": bucket_counts(rows, config.image_size)} if len(rows) else {}),
         "stratified": split.stratified,
         "split_notes": list(split.notes),
         "skipped_count": len(skipped),
@@ -789,9 +852,26 @@ def dataset_card(metadata: Mapping[str, Any]) -> str:
         for name in SPLITS if counts.get(name))
     rows = "\n".join(f"| {name} | {counts.get(name, 0):,} |" for name in SPLITS)
     fields = "\n".join(f"- `{{{k}}}`: {note}" for k, note in FIELDS.items())
+    sizes = ", `width`, `height` (px)" if params.get("aspect_buckets") else ""
+    buckets = params.get("aspect_buckets", False)
+    shape = f"aspect buckets of about {size}x{size} px" if buckets else f"{size}x{size}"
     # The category is catalogue text: quoted for YAML, escaped for markdown.
-    pretty_name = json.dumps(f"{metadata['category']} product photos ({size}x{size})")
+    pretty_name = json.dumps(f"{metadata['category']} product photos ({shape})")
     category = report.text(metadata["category"])
+    if buckets:
+        how = (f"each fitted into the aspect bucket nearest its own shape (about {size}x{size} "
+               "pixels, sides in steps of "
+               f"{bucket_step(size)} px: {', '.join(metadata.get('bucket_counts', {}))}; whole "
+               "photo kept, padded with its own background colour to the bucket), as PNG")
+    else:
+        how = (f"letterboxed to {size}x{size} PNG (whole photo\nkept, aspect unchanged, padded "
+               "with the photo's own background colour)")
+    padding = metadata.get("padding_share")
+    padding_line = "" if not padding else (
+        f"\nPadding (share of the pixels that are not photo, over all images): "
+        f"{padding['letterbox']['all']:.1%} in the {size}x{size} letterbox, "
+        f"{padding['buckets']['all']:.1%} with aspect buckets"
+        f" ({'used here' if buckets else 'aspect_buckets: true'}).\n")
     return f"""---
 pretty_name: {pretty_name}
 license: other
@@ -806,12 +886,11 @@ configs:
 {configs}
 ---
 
-# {category}: {size}x{size} product photos with captions
+# {category}: {shape} product photos with captions
 
-Product photos of the catalogue's {category}, letterboxed to {size}x{size} PNG (whole photo
-kept, aspect unchanged, padded with the photo's own background colour), one caption each.
+Product photos of the catalogue's {category}, {how}, one caption each.
 Made by `shoelib.dataset` (notebook 02_prepare_dataset).
-
+{padding_line}
 | split | images |
 |---|---|
 {rows}
@@ -828,7 +907,7 @@ seed {params["split_seed"]}. Stratified: {metadata["stratified"]}. Skipped rows:
   near-white background connected to the border), for a loss weighted towards the product.
 - `<split>/metadata.jsonl`: one JSON object per image: `file_name` (relative to the split
   folder), `text` (the caption), `mask_file_name` (`masks/<id>.png`), `id`, `colour`,
-  `gender`, `season`, `usage`, `year`, `brand`, `productDisplayName`, `split`. Missing text
+  `gender`, `season`, `usage`, `year`, `brand`, `productDisplayName`, `split`{sizes}. Missing text
   values are "", a missing year null.
 - `metadata.json`: counts, colour counts per split, parameters, skipped rows with reasons.
 

@@ -1,8 +1,14 @@
-"""Decode product photos and letterbox them into square training images.
+"""Decode product photos and letterbox them into square (or aspect-bucket) training images.
 
 A product photo (1800x2400 in the Kaggle set) becomes a `size`x`size` RGB PNG: the whole
 photo kept (no crop, aspect unchanged), resized with LANCZOS and centred on a square filled
 with the photo's own background colour, so the padding does not show as a seam.
+
+Aspect buckets (`PrepareConfig.buckets`): instead of the square, the photo is fitted into the
+bucket nearest its aspect ratio (`bucket_sizes`: about size² pixels, sides in steps of
+`bucket_step(size)`, 64 px at 512; a 3:4 photo goes to 448x576) and padded the same way. The
+pad is then a few pixels instead of a quarter of the square; fitting (not kohya's
+resize-to-cover and crop) keeps the whole product, toes and heel included.
 
 Speed: JPEGs are decoded at reduced scale (`Image.draft`: libjpeg's DCT scaling decodes
 1/2, 1/4 or 1/8 of each side at a fraction of the cost) to the smallest scale that is still
@@ -17,7 +23,7 @@ masks/<same name>, for a training loss weighted towards the product.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +71,78 @@ def size_problem(width: int, height: int, min_side: int) -> str | None:
     return None
 
 
+# ---------------------------------------------------------------------------------------------
+# Aspect buckets
+
+MAX_BUCKET_RATIO = 2.0  # the longer bucket side is at most this many times the shorter
+
+
+def bucket_step(area_side: int) -> int:
+    """The side step of the buckets of an area_side² area: 1/8 of the side in multiples of 8
+    (64 px at 512, 8 px at 64), so the buckets of every area are the same shapes scaled."""
+    return max(8, 8 * round(area_side / 64))
+
+
+def bucket_sizes(area_side: int = 512, step: int | None = None,
+                 max_ratio: float = MAX_BUCKET_RATIO) -> list[tuple[int, int]]:
+    """The (width, height) buckets of about area_side² pixels, squarest first.
+
+    kohya-ss's bucket rule: for every width in steps of `step`, the largest height in steps
+    of `step` with width * height <= area_side²; both orientations; limited here to aspect
+    ratios up to `max_ratio` (kohya limits the sides instead). At 512 with step 64:
+    512x512, 448x576, 576x448, 384x640, 640x384.
+
+    Args:
+        area_side: the side of the square whose area the buckets keep (px).
+        step: side step (px); None = `bucket_step(area_side)`.
+        max_ratio: the largest long/short side ratio.
+    """
+    step = bucket_step(area_side) if step is None else step
+    area = area_side * area_side
+    found = {(area_side // step * step,) * 2}
+    for width in range(step, area_side + 1, step):
+        height = area // width // step * step
+        if height >= width and height / width <= max_ratio:
+            found |= {(width, height), (height, width)}
+    return sorted(found, key=lambda wh: (max(wh) / min(wh), -wh[0]))
+
+
+def nearest_bucket(width: int, height: int,
+                   buckets: Sequence[tuple[int, int]]) -> tuple[int, int]:
+    """The bucket whose aspect ratio is nearest a width x height image's (compared as log
+    ratios, so 1:2 and 2:1 are equally far from 1:1; ties go to the earlier, squarer one)."""
+    target = np.log(width / height)
+    return min(buckets, key=lambda wh: abs(np.log(wh[0] / wh[1]) - target))
+
+
+def padding_share(sizes: Sequence[tuple[int, int]], size: int,
+                  buckets: bool) -> float:
+    """The share of the prepared pixels that are padding, not photo, over all `sizes`.
+
+    Args:
+        sizes: the photos' own (width, height).
+        size: the square side (the letterbox) or the buckets' area side.
+        buckets: measure the aspect buckets (`prepare_box` with buckets) instead of the square.
+    Returns:
+        padded pixels / all pixels, in [0, 1); 0.0 for no photo.
+    """
+    photo = total = 0
+    for width, height in sizes:
+        box = prepare_box(width, height, size, buckets)
+        fitted = fit_box(width, height, box)
+        photo += fitted[0] * fitted[1]
+        total += box[0] * box[1]
+    return 1 - photo / total if total else 0.0
+
+
+def prepare_box(width: int, height: int, size: int, buckets: bool) -> tuple[int, int]:
+    """The (width, height) a width x height photo is prepared at: the size x size square, or
+    with `buckets` its `nearest_bucket` of about size² pixels."""
+    if not buckets:
+        return size, size
+    return nearest_bucket(width, height, bucket_sizes(size))
+
+
 @dataclass(frozen=True)
 class PrepareConfig:
     """How a photo becomes a training image.
@@ -76,6 +154,8 @@ class PrepareConfig:
     draft: decode JPEGs at reduced scale (see module docstring); False = full decode.
     min_side: photos whose shorter side is below this are refused as unreadable.
     masks: also write each image's foreground mask to `mask_path(dst)` (`write_mask`).
+    buckets: fit each photo into its aspect bucket of about size² pixels (`prepare_box`)
+        instead of the size x size square.
     """
 
     size: int = 512
@@ -83,9 +163,13 @@ class PrepareConfig:
     draft: bool = True
     min_side: int = MIN_IMAGE_SIDE
     masks: bool = False
+    buckets: bool = False
 
     def __post_init__(self) -> None:
         check_min_side(self.min_side)
+        if not isinstance(self.buckets, bool):
+            raise ImageConfigError(f"aspect_buckets={self.buckets!r} must be true or false "
+                                   "(true: each photo at its aspect bucket; false: the square)")
         if not isinstance(self.size, int) or self.size < 8:
             raise ImageConfigError(f"image_size={self.size!r} is too small; use e.g. 512")
         if self.compress_level not in range(10):
@@ -100,6 +184,7 @@ class PreparedImage:
     status: 'ok' (dst written) or 'unreadable' (the source could not be decoded; dst untouched).
     error: "<ExceptionType>: <message>" when unreadable.
     source_size/source_mode: the file's own width x height and PIL mode (None if undecodable).
+    size: the written image's width x height (None unless ok).
     """
 
     src: str
@@ -108,6 +193,7 @@ class PreparedImage:
     error: str | None = None
     source_size: tuple[int, int] | None = None
     source_mode: str | None = None
+    size: tuple[int, int] | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,8 +209,15 @@ def fit_size(width: int, height: int, size: int) -> tuple[int, int]:
     Returns:
         (w, h) with max(w, h) == size and both >= 1.
     """
-    scale = size / max(width, height)
-    return max(1, round(width * scale)), max(1, round(height * scale))
+    return fit_box(width, height, (size, size))
+
+
+def fit_box(width: int, height: int, box: tuple[int, int]) -> tuple[int, int]:
+    """The size a width x height image takes inside a box (width, height), aspect kept: it
+    touches the box on at least one side; both sides >= 1."""
+    scale = min(box[0] / width, box[1] / height)
+    return (min(box[0], max(1, round(width * scale))),
+            min(box[1], max(1, round(height * scale))))
 
 
 def to_rgb(img: Image.Image, matte: tuple[int, int, int] = WHITE) -> Image.Image:
@@ -197,12 +290,19 @@ def letterbox(img: Image.Image, size: int = 512, background: tuple[int, int, int
     Returns:
         A new RGB image of size x size.
     """
+    return letterbox_box(img, (size, size), background, resample)
+
+
+def letterbox_box(img: Image.Image, box: tuple[int, int],
+                  background: tuple[int, int, int] | None = None,
+                  resample: Image.Resampling = Image.Resampling.LANCZOS) -> Image.Image:
+    """`letterbox` into a box of (width, height) instead of a square (an aspect bucket)."""
     rgb = to_rgb(img)
     fill = background if background is not None else border_colour(rgb)
-    target = fit_size(rgb.width, rgb.height, size)
+    target = fit_box(rgb.width, rgb.height, box)
     resized = rgb if rgb.size == target else rgb.resize(target, resample)
-    canvas = Image.new("RGB", (size, size), fill)
-    canvas.paste(resized, ((size - target[0]) // 2, (size - target[1]) // 2))
+    canvas = Image.new("RGB", tuple(box), fill)
+    canvas.paste(resized, ((box[0] - target[0]) // 2, (box[1] - target[1]) // 2))
     return canvas
 
 
@@ -283,7 +383,7 @@ def open_image(path: str | Path, size: int | None = None) -> Image.Image:
     Raises:
         OSError/ValueError/...: whatever Pillow raises for an undecodable file.
     """
-    return _decode(path, size)[0]
+    return _decode(path, None if size is None else (size, size))[0]
 
 
 def open_rgb(path: str | Path) -> Image.Image:
@@ -291,13 +391,18 @@ def open_rgb(path: str | Path) -> Image.Image:
     return to_rgb(open_image(path))
 
 
-def _decode(path: str | Path, size: int | None) -> tuple[Image.Image, tuple[int, int], str]:
-    """`open_image`, plus the file's own size and mode (before draft scaling)."""
+def _decode(path: str | Path, box: tuple[int, int] | Callable | None
+            ) -> tuple[Image.Image, tuple[int, int], str]:
+    """`open_image`, plus the file's own size and mode (before draft scaling). `box`: the
+    (width, height) the image will be fitted into, or a function of the file's own size
+    giving it (the aspect bucket depends on the photo), or None (no draft decoding)."""
     img = Image.open(path)
     try:
         source_size, source_mode = img.size, img.mode
-        if size is not None and img.format == "JPEG":
-            img.draft(img.mode, fit_size(img.width, img.height, size))
+        if callable(box):
+            box = box(*source_size)
+        if box is not None and img.format == "JPEG":
+            img.draft(img.mode, fit_box(img.width, img.height, box))
         img.load()  # closes the file of a single-frame image
     except BaseException:
         img.close()
@@ -323,17 +428,30 @@ def prepare_image(src: str | Path, dst: str | Path,
         decoded or is below `config.min_side`, in which case nothing is written. Write errors (disk full) do raise.
     """
     try:
-        img, source_size, source_mode = _decode(src, config.size if config.draft else None)
+        # The box is chosen from the upright photo (EXIF orientation applied after decoding
+        # can swap its sides); the draft only needs a box at least as large on both sides.
+        draft = (lambda w, h: _draft_box(w, h, config)) if config.draft else None
+        img, source_size, source_mode = _decode(src, draft)
         if problem := size_problem(*source_size, config.min_side):
             return PreparedImage(str(src), str(dst), "unreadable", problem, source_size, source_mode)
-        square = letterbox(img, config.size)
+        box = prepare_box(img.width, img.height, config.size, config.buckets)
+        square = letterbox_box(img, box)
     except Exception as err:  # any decoder failure is a property of the data, not a crash
         return PreparedImage(str(src), str(dst), "unreadable", f"{type(err).__name__}: {err}")
     if config.masks:  # before the image: a finished image always has its mask
         write_mask(square, mask_path(dst))
     with atomic_path(dst) as tmp:
         square.save(tmp, format="PNG", compress_level=config.compress_level)
-    return PreparedImage(str(src), str(dst), "ok", None, source_size, source_mode)
+    return PreparedImage(str(src), str(dst), "ok", None, source_size, source_mode, square.size)
+
+
+def _draft_box(width: int, height: int, config: PrepareConfig) -> tuple[int, int]:
+    """A box the draft-decoded photo must still cover: the square, or with buckets the
+    larger sides of the photo's bucket in either orientation (EXIF may turn it)."""
+    if not config.buckets:
+        return config.size, config.size
+    w, h = prepare_box(width, height, config.size, True)
+    return max(w, h), max(w, h)
 
 
 def resolve_workers(workers: int | None) -> int:

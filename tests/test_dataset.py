@@ -505,3 +505,44 @@ def test_export_into_a_folder_in_use_is_refused_before_any_work(small_catalogue,
         dataset.export_dataset(dataset.plan_dataset(small_catalogue, cfg), tmp_path / "out",
                                cfg, progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_export_at_aspect_buckets_records_each_size_and_redoes_the_images(small_catalogue,
+                                                                          tmp_path):
+    out = tmp_path / "out"
+    square = config(image_size=64)
+    first = dataset.export_dataset(dataset.plan_dataset(small_catalogue, square), out, square,
+                                   progress=False)
+    assert "width" not in (out / "train" / "metadata.jsonl").read_text()  # as before buckets
+    cfg = config(image_size=64, aspect_buckets=True)
+    result = dataset.export_dataset(dataset.plan_dataset(small_catalogue, cfg), out, cfg,
+                                    progress=False)
+    # the option is part of every image's manifest entry: all are prepared again
+    assert result.prepared == first.prepared == 28 and result.reused == 0
+    for name in dataset.SPLITS:
+        for line in (out / name / "metadata.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            size = Image.open(out / name / record["file_name"]).size
+            assert (record["width"], record["height"]) == size == (56, 72)  # 60x80 is 3:4
+            assert Image.open(out / name / record["mask_file_name"]).size == size
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["parameters"]["aspect_buckets"] is True
+    assert meta["bucket_counts"] == {"56x72": 28}
+    # 60x80 in 64x64: 48x64, a quarter padding; in 56x72: 54x72, 2 of 56 columns
+    assert meta["padding_share"]["letterbox"]["all"] == pytest.approx(0.25, abs=1e-4)
+    assert meta["padding_share"]["buckets"]["all"] == pytest.approx(2 / 56, abs=1e-4)
+    card = (out / "README.md").read_text()
+    assert "aspect bucket" in card and "25.0% in the 64x64 letterbox, 3.6% with aspect" in card
+    assert "`width`, `height`" in card
+    train = dataset.read_split(out / "train")
+    assert set(zip(train["width"], train["height"])) == {(56, 72)}
+    # and back: the square again, every image redone
+    again = dataset.export_dataset(dataset.plan_dataset(small_catalogue, square), out, square,
+                                   progress=False)
+    assert again.prepared == 28 and Image.open(train["image_path"].iloc[0]).size == (64, 64)
+
+
+def test_aspect_buckets_must_be_true_or_false_in_02():
+    with pytest.raises(ValueError,
+                       match=r"^aspect_buckets=1 must be true or false"):
+        config(aspect_buckets=1)

@@ -251,3 +251,62 @@ def test_open_rgb_is_upright_rgb_with_transparency_on_white(tmp_path):
     turned = open_rgb(tmp_path / "turned.jpg")
     assert (turned.mode, turned.size) == ("RGB", (20, 40))
     assert open_rgb(tmp_path / "clear.png").getpixel((0, 0)) == (255, 255, 255)
+
+
+# ---------------------------------------------------------------------------------------------
+# aspect buckets
+
+
+def test_buckets_keep_the_area_in_64_px_steps_and_put_3_4_at_448x576():
+    buckets = images.bucket_sizes(512)
+    assert buckets[0] == (512, 512)
+    assert set(buckets) == {(512, 512), (448, 576), (576, 448), (384, 640), (640, 384)}
+    for w, h in buckets:
+        assert w % 64 == 0 and h % 64 == 0
+        assert 0.9 * 512 * 512 <= w * h <= 512 * 512  # about 512² pixels, never more
+        assert max(w, h) / min(w, h) <= images.MAX_BUCKET_RATIO
+    assert images.nearest_bucket(1800, 2400, buckets) == (448, 576)  # the catalogue's 3:4
+    assert images.nearest_bucket(2400, 1800, buckets) == (576, 448)
+    assert images.nearest_bucket(1000, 1000, buckets) == (512, 512)
+    assert images.nearest_bucket(100, 1000, buckets) == (384, 640)  # beyond 1:2: the longest
+    # the buckets of another area are the same shapes scaled, in steps of 8 at 64 px
+    assert images.bucket_step(64) == 8 and images.bucket_step(512) == 64
+    assert images.bucket_sizes(64) == [(w // 8, h // 8) for w, h in buckets]
+
+
+def test_a_photo_is_fitted_into_its_bucket_whole_with_a_few_px_of_pad():
+    photo = product_photo(300, 400)  # 3:4
+    box = images.prepare_box(300, 400, 64, buckets=True)
+    assert box == (56, 72)
+    out = images.letterbox_box(photo, box)
+    assert out.size == (56, 72)
+    pixels = np.asarray(out)
+    # 300x400 -> 54x72: one column of the photo's background on each side, nothing cut
+    assert (pixels[:, 0] == BEIGE).all() and (pixels[:, -1] == BEIGE).all()
+    whole = photo.resize((54, 72), Image.Resampling.LANCZOS)
+    assert np.array_equal(pixels[:, 1:55], np.asarray(whole))
+    assert images.prepare_box(300, 400, 64, buckets=False) == (64, 64)
+
+
+def test_padding_share_of_the_letterbox_against_the_buckets():
+    # 3:4 in a square: a quarter of the pixels are padding; in 448x576, 16 of 448 columns
+    assert images.padding_share([(1800, 2400)], 512, buckets=False) == pytest.approx(0.25)
+    assert images.padding_share([(1800, 2400)], 512, buckets=True) == pytest.approx(16 / 448)
+    assert images.padding_share([(500, 500), (1800, 2400)], 512, False) == pytest.approx(0.125)
+    assert images.padding_share([], 512, True) == 0.0
+
+
+def test_prepare_image_at_buckets_writes_the_bucket_size(tmp_path):
+    src = tmp_path / "photo.jpg"
+    product_photo(300, 400).save(src, quality=95)
+    square = prepare_image(src, tmp_path / "square.png", PrepareConfig(size=64, masks=True))
+    bucket = prepare_image(src, tmp_path / "bucket.png",
+                           PrepareConfig(size=64, masks=True, buckets=True))
+    assert square.size == (64, 64) and Image.open(tmp_path / "square.png").size == (64, 64)
+    assert bucket.size == (56, 72) and Image.open(tmp_path / "bucket.png").size == (56, 72)
+    assert Image.open(images.mask_path(tmp_path / "bucket.png")).size == (56, 72)
+
+
+def test_aspect_buckets_must_be_true_or_false():
+    with pytest.raises(images.ImageConfigError, match=r"^aspect_buckets='yes' must be true or"):
+        PrepareConfig(buckets="yes")
