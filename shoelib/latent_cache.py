@@ -10,7 +10,8 @@ times and keeps both models in memory. Here each input is encoded once and store
     <cache_dir>/text/<key>.safetensors      "hidden": the text encoder's last hidden state
 
 A latent key hashes (image bytes, resolution, flip, VAE fingerprint, mask bytes if any; the
-mask is mirrored with the image); a text key hashes
+mask is mirrored with the image; the width and height when the image is encoded at an aspect
+bucket rather than the resolution x resolution square); a text key hashes
 (caption, its token ids, text-encoder fingerprint). Changing an image, the resolution or the
 model changes the key, so only what changed is encoded again and stale entries are never read.
 The distribution (not one sample) is stored, so training still draws a fresh latent per step.
@@ -75,61 +76,68 @@ def _key(*parts: object) -> str:
 
 
 def latent_key(image_bytes: bytes, resolution: int, flip: bool, vae_fingerprint: str,
-               mask_bytes: bytes | None = None) -> str:
-    # Without a mask the key is what it was before masks existed: those entries stay valid.
+               mask_bytes: bytes | None = None, size: tuple[int, int] | None = None) -> str:
+    # Without a mask, or at the square, the key is what it was before masks (buckets) existed:
+    # those entries stay valid.
     mask = () if mask_bytes is None else (hashlib.sha256(mask_bytes).hexdigest(),)
+    bucket = () if size is None or tuple(size) == (resolution, resolution) else (tuple(size),)
     return _key("latent", hashlib.sha256(image_bytes).hexdigest(), resolution, flip,
-                vae_fingerprint, *mask)
+                vae_fingerprint, *mask, *bucket)
 
 
 def text_key(caption: str, token_ids: Sequence[int], encoder_fingerprint: str) -> str:
     return _key("text", caption, tuple(token_ids), encoder_fingerprint)
 
 
-def image_tensor(image: Image.Image, resolution: int, flip: bool) -> torch.Tensor:
-    """An image as the VAE expects it: RGB, resolution x resolution, values in [-1, 1].
+def image_tensor(image: Image.Image, resolution: int, flip: bool,
+                 size: tuple[int, int] | None = None) -> torch.Tensor:
+    """An image as the VAE expects it: RGB, resolution x resolution (or `size`, (width,
+    height), an aspect bucket), values in [-1, 1].
 
-    The shorter side is resized to `resolution` and the centre cropped (the prepared images
-    are already square; this only guards against other inputs).
+    The image is resized to cover that size and the centre cropped (02's images already have
+    the size's aspect; this only guards against other inputs).
 
     Returns:
-        float32 tensor (3, resolution, resolution).
+        float32 tensor (3, height, width).
     """
-    pixels = np.asarray(_square(image.convert("RGB"), resolution, flip,
-                                Image.Resampling.BICUBIC), dtype=np.float32) / 127.5 - 1.0
+    pixels = np.asarray(_cover(image.convert("RGB"), size or (resolution, resolution), flip,
+                               Image.Resampling.BICUBIC), dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
 
 def mask_tensor(mask: Image.Image, resolution: int, flip: bool,
-                latent_size: tuple[int, int]) -> torch.Tensor:
+                latent_size: tuple[int, int], size: tuple[int, int] | None = None) -> torch.Tensor:
     """A foreground mask (255 = product) on the latent grid: cropped and mirrored as
-    `image_tensor` does with its image, then the area average of each latent pixel's patch,
-    i.e. the share of that latent pixel that is product (kohya's masked loss resizes the same
-    way, `interpolate(mode="area")`).
+    `image_tensor` does with its image (at `size` if given), then the area average of each
+    latent pixel's patch, i.e. the share of that latent pixel that is product (kohya's masked
+    loss resizes the same way, `interpolate(mode="area")`).
 
     Returns:
         float32 tensor (1, *latent_size) in [0, 1].
     """
-    square = _square(mask.convert("L"), resolution, flip, Image.Resampling.BILINEAR)
-    pixels = torch.from_numpy(np.asarray(square, dtype=np.float32) / 255.0)[None, None]
+    fitted = _cover(mask.convert("L"), size or (resolution, resolution), flip,
+                    Image.Resampling.BILINEAR)
+    pixels = torch.from_numpy(np.asarray(fitted, dtype=np.float32) / 255.0)[None, None]
     return F.interpolate(pixels, size=tuple(latent_size), mode="area")[0].contiguous()
 
 
-def _square(image: Image.Image, resolution: int, flip: bool,
-            resample: Image.Resampling) -> Image.Image:
-    """The shorter side resized to `resolution`, the centre cropped, mirrored if `flip`."""
-    scale = resolution / min(image.size)
-    size = (max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale)))
-    image = image.resize(size, resample)
-    left, top = (image.width - resolution) // 2, (image.height - resolution) // 2
-    image = image.crop((left, top, left + resolution, top + resolution))
+def _cover(image: Image.Image, size: tuple[int, int], flip: bool,
+           resample: Image.Resampling) -> Image.Image:
+    """Resized to cover `size` (width, height), the centre cropped, mirrored if `flip`."""
+    width, height = size
+    scale = max(width / image.width, height / image.height)
+    cover = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
+    image = image.resize(cover, resample)
+    left, top = (image.width - width) // 2, (image.height - height) // 2
+    image = image.crop((left, top, left + width, top + height))
     return ImageOps.mirror(image) if flip else image
 
 
-def load_image_tensor(path: Path, resolution: int, flip: bool) -> torch.Tensor:
+def load_image_tensor(path: Path, resolution: int, flip: bool,
+                      size: tuple[int, int] | None = None) -> torch.Tensor:
     """`image_tensor` of an image file."""
     with Image.open(path) as image:
-        return image_tensor(image, resolution, flip)
+        return image_tensor(image, resolution, flip, size)
 
 
 def entry_path(cache_dir: Path, kind: str, key: str) -> Path:
@@ -138,7 +146,8 @@ def entry_path(cache_dir: Path, kind: str, key: str) -> Path:
 
 def cache_latents(image_paths: Sequence[Path], resolution: int, flips: Sequence[bool], vae,
                   cache_dir: Path, batch_size: int = 8,
-                  mask_paths: Sequence[Path] | None = None
+                  mask_paths: Sequence[Path] | None = None,
+                  sizes: Sequence[tuple[int, int]] | None = None
                   ) -> tuple[list[dict[bool, str]], CacheStats]:
     """Encode each image (and its mirror image) to a latent distribution, unless cached.
 
@@ -150,6 +159,8 @@ def cache_latents(image_paths: Sequence[Path], resolution: int, flips: Sequence[
         cache_dir: the cache root.
         batch_size: images per VAE call.
         mask_paths: each image's foreground mask (02's masks/<name>.png), or None.
+        sizes: each image's (width, height) to encode at (its aspect bucket), or None for
+            the resolution x resolution square. A VAE batch holds one size at a time.
 
     Returns:
         ({flip: key} per image, stats). Entries hold "mean" and "std" already multiplied by
@@ -158,26 +169,32 @@ def cache_latents(image_paths: Sequence[Path], resolution: int, flips: Sequence[
     """
     fingerprint = model_fingerprint(vae)
     masks = list(mask_paths) if mask_paths is not None else [None] * len(image_paths)
+    sizes = list(sizes) if sizes is not None else [(resolution, resolution)] * len(image_paths)
     keys, todo = [], []
-    for path, mask in zip(image_paths, masks, strict=True):
+    for path, mask, size in zip(image_paths, masks, sizes, strict=True):
         data = Path(path).read_bytes()
         mask_bytes = Path(mask).read_bytes() if mask is not None else None
-        keys.append({flip: latent_key(data, resolution, flip, fingerprint, mask_bytes)
+        keys.append({flip: latent_key(data, resolution, flip, fingerprint, mask_bytes, size)
                      for flip in flips})
-        todo += [(path, mask, flip, keys[-1][flip]) for flip in flips
+        todo += [(path, mask, flip, keys[-1][flip], tuple(size)) for flip in flips
                  if not entry_path(cache_dir, "latents", keys[-1][flip]).exists()]
     scale = vae.config.scaling_factor
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start:start + batch_size]
-        pixels = torch.stack([load_image_tensor(p, resolution, f) for p, _, f, _ in chunk])
+    chunks = []  # one size per VAE call; at one size, in the order listed
+    for size in dict.fromkeys(job[4] for job in todo):
+        jobs = [job for job in todo if job[4] == size]
+        chunks += [jobs[start:start + batch_size] for start in range(0, len(jobs), batch_size)]
+    for chunk in chunks:
+        pixels = torch.stack([load_image_tensor(p, resolution, f, size)
+                              for p, _, f, _, size in chunk])
         with torch.no_grad():
             dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
-        for i, (_, mask, flip, key) in enumerate(chunk):
+        for i, (_, mask, flip, key, size) in enumerate(chunk):
             entry = {"mean": (dist.mean[i] * scale).float().cpu().contiguous(),
                      "std": (dist.std[i] * scale).float().cpu().contiguous()}
             if mask is not None:
                 with Image.open(mask) as image:
-                    entry["mask"] = mask_tensor(image, resolution, flip, entry["mean"].shape[-2:])
+                    entry["mask"] = mask_tensor(image, resolution, flip, entry["mean"].shape[-2:],
+                                                size)
             with atomic_path(entry_path(cache_dir, "latents", key)) as tmp:
                 save_file(entry, str(tmp))
     total = len(image_paths) * len(flips)

@@ -17,6 +17,8 @@ format. What happens, in short:
 - the VAE latent distribution of every image (and its mirror image) and the text-encoder
   states of every caption are computed once and cached on disk (shoelib.latent_cache); the
   VAE and text encoder are then freed, so training holds only the UNet;
+- with aspect_buckets, each image is encoded at its aspect bucket of about resolution²
+  pixels (shoelib.images.bucket_sizes) and every micro-batch is drawn from one bucket;
 - a PEFT LoRA (rank r, alpha a, scale a/r) on to_q/to_k/to_v/to_out.0 is the only trainable
   part, kept in float32 even when the frozen UNet runs in half precision;
 - every `checkpoint_every` steps the LoRA, optimizer, LR schedule, every random state and
@@ -53,6 +55,7 @@ from shoelib.device import (
     peak_memory_bytes,
 )
 from shoelib.figures import image_grid, save_figure
+from shoelib.images import prepare_box
 from shoelib.io import FolderInUseError, file_sha256, read_json, shared_folder_lock, write_json
 from shoelib.latent_cache import (
     CacheStats,
@@ -162,6 +165,7 @@ class TrainConfig:
     train_text_encoder: bool = False  # a LoRA on the text encoder too (its states not cached)
     text_encoder_lr: float | None = None  # its learning rate; None = learning_rate
     background_loss_weight: float = 1.0  # loss weight of background latent pixels (02's masks); 1 = off
+    aspect_buckets: bool = False  # each image at its aspect bucket of ~resolution² px, one bucket per batch
     validation_every: int = 500   # steps; 0 = never
     num_validation_prompts: int = 4
     validation_inference_steps: int = 30
@@ -267,7 +271,7 @@ def check_config(c: TrainConfig) -> None:
     _require(whole(c.seed) and c.seed >= 0,
              f"seed={c.seed!r}{_alias('seed')} must be a whole number >= 0; use e.g. 42")
     for name in ("random_flip", "gradient_checkpointing", "use_dora", "channels_last",
-                 "allow_tf32", "torch_compile", "train_text_encoder"):
+                 "allow_tf32", "torch_compile", "train_text_encoder", "aspect_buckets"):
         _require(isinstance(getattr(c, name), bool),
                  f"{name}={getattr(c, name)!r} must be true or false")
     _require(isinstance(c.caption_dropout, int | float) and 0 <= c.caption_dropout < 1,
@@ -370,6 +374,8 @@ class CachedSplit:
     (`token_ids`, (n, 77) int64), which the encoder turns into states at every step.
 
     masked: its latents were cached with their foreground masks.
+    sizes: each image's (width, height) as encoded (its aspect bucket); None: all at the
+        resolution x resolution square.
     """
 
     cache_dir: Path
@@ -378,9 +384,25 @@ class CachedSplit:
     captions: tuple[str, ...]
     token_ids: torch.Tensor | None = None
     masked: bool = False
+    sizes: tuple[tuple[int, int], ...] | None = None
 
     def __len__(self) -> int:
         return len(self.captions)
+
+    def groups(self) -> list[list[int]]:
+        """The sample indices of each size (bucket), buckets in sorted order; one group of
+        all samples without buckets. Batches are drawn within a group: latents of different
+        sizes cannot be stacked."""
+        if self.sizes is None:
+            return [list(range(len(self)))]
+        return [[i for i, s in enumerate(self.sizes) if s == size] for size in sorted(set(self.sizes))]
+
+    def most_common_size(self) -> tuple[int, int] | None:
+        """The bucket with the most images (ties: the squarer, then the wider), or None."""
+        if self.sizes is None:
+            return None
+        counts = {size: self.sizes.count(size) for size in set(self.sizes)}
+        return max(counts, key=lambda s: (counts[s], -max(s) / min(s), s[0]))
 
     def latent(self, index: int, flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
         return load_latent(self.cache_dir, self.latent_keys[index][flip])
@@ -431,19 +453,20 @@ def cache_inputs(config: TrainConfig, splits: dict, device: torch.device,
             continue
         # Validation always uses the unflipped image: its loss must be comparable across steps.
         masked = "mask_path" in frame.columns
+        sizes = bucket_sizes_of(frame, config) if config.aspect_buckets else None
         latent_keys, stats[f"{name}_latents"] = cache_latents(
             [Path(p) for p in frame["image_path"]], config.resolution,
             flips if name == "train" else (False,), vae, cache_dir,
-            mask_paths=[Path(p) for p in frame["mask_path"]] if masked else None)
+            mask_paths=[Path(p) for p in frame["mask_path"]] if masked else None, sizes=sizes)
         if text_encoder is None:
             cached[name] = CachedSplit(cache_dir, tuple(latent_keys), (), tuple(frame["text"]),
                                        token_ids=tokenize(tokenizer, list(frame["text"])),
-                                       masked=masked)
+                                       masked=masked, sizes=sizes)
             continue
         text_keys, stats[f"{name}_text"] = cache_text(list(frame["text"]), tokenizer,
                                                       text_encoder, cache_dir)
         cached[name] = CachedSplit(cache_dir, tuple(latent_keys), tuple(text_keys),
-                                   tuple(frame["text"]), masked=masked)
+                                   tuple(frame["text"]), masked=masked, sizes=sizes)
     if text_encoder is None:
         empty_text = tokenize(tokenizer, [""])[0]
     else:
@@ -452,6 +475,19 @@ def cache_inputs(config: TrainConfig, splits: dict, device: torch.device,
     del vae, text_encoder
     free_memory(device)
     return CachedInputs(cached["train"], cached["val"], empty_text, stats)
+
+
+def bucket_sizes_of(frame, config: TrainConfig) -> tuple[tuple[int, int], ...]:
+    """Each image's training size: the aspect bucket of about resolution² pixels nearest its
+    own shape (`shoelib.images.prepare_box`; 02's 448x576 becomes 56x72 at resolution 64),
+    from the image file's header."""
+    from PIL import Image
+
+    sizes = []
+    for path in frame["image_path"]:
+        with Image.open(path) as image:
+            sizes.append(prepare_box(image.width, image.height, config.resolution, True))
+    return tuple(sizes)
 
 
 # --- the diffusion objective (pure functions; tests compare them with diffusers')
@@ -588,20 +624,43 @@ def sample_batch(split: CachedSplit, indices: list[int], generator: torch.Genera
 # --- data order and run state
 
 class DataOrder:
-    """An endless stream of dataset indices, reshuffled every epoch by its own generator."""
+    """An endless stream of dataset indices, reshuffled every epoch by its own generator.
 
-    def __init__(self, size: int, seed: int) -> None:
+    With `groups` (the indices of each aspect bucket, `CachedSplit.groups`) every `batch`
+    consecutive indices come from one group: each epoch shuffles every group, fills its last
+    batch with the group's first shuffled indices again (a batch always has `batch` samples),
+    and shuffles the batches of all groups together. `take(batch)` is then one batch.
+    """
+
+    def __init__(self, size: int, seed: int, groups: list[list[int]] | None = None,
+                 batch: int = 1) -> None:
         self.size = size
+        self.groups = groups if groups is not None and len(groups) > 1 else None
+        self.batch = batch
         self.generator = cpu_generator(seed)
         self.permutation: list[int] = []
         self.position = 0
         self.epoch = 0
 
+    def _epoch(self) -> list[int]:
+        if self.groups is None:
+            return torch.randperm(self.size, generator=self.generator).tolist()
+        batches = []
+        for group in self.groups:
+            shuffled = [group[i] for i in torch.randperm(len(group), generator=self.generator)]
+            filled = [shuffled[i % len(shuffled)]
+                      for i in range(-(-len(shuffled) // self.batch) * self.batch)]
+            batches += [filled[i:i + self.batch] for i in range(0, len(filled), self.batch)]
+        order = torch.randperm(len(batches), generator=self.generator).tolist()
+        return [index for b in order for index in batches[b]]
+
     def take(self, n: int) -> list[int]:
+        if self.groups is not None and n != self.batch:
+            raise ValueError(f"a bucketed data order takes batches of {self.batch}, not {n}")
         out: list[int] = []
         while len(out) < n:
             if self.position == len(self.permutation):
-                self.permutation = torch.randperm(self.size, generator=self.generator).tolist()
+                self.permutation = self._epoch()
                 self.position = 0
                 self.epoch += 1
             k = min(n - len(out), len(self.permutation) - self.position)
@@ -855,8 +914,9 @@ def validation_loss(unet, split: CachedSplit, noise_scheduler, config: TrainConf
     plain = replace(config, random_flip=False, caption_dropout=0.0, noise_offset=0.0)
     generator = cpu_generator(config.seed)
     total, foreground, count = 0.0, 0.0, 0
-    for start in range(0, len(split), config.train_batch_size):
-        indices = list(range(start, min(start + config.train_batch_size, len(split))))
+    batches = [group[start:start + config.train_batch_size] for group in split.groups()
+               for start in range(0, len(group), config.train_batch_size)]
+    for indices in batches:
         batch = sample_batch(split, indices, generator, plain,
                              noise_scheduler.config.num_train_timesteps, empty_text=None)
         with torch.no_grad():
@@ -869,18 +929,22 @@ def validation_loss(unet, split: CachedSplit, noise_scheduler, config: TrainConf
 
 
 def validation_images(unet, prompt_embeds: list[torch.Tensor], empty_text: torch.Tensor,
-                      config: TrainConfig, device: torch.device) -> np.ndarray:
-    """Images of the validation prompts, seed `config.seed + i` for prompt i.
+                      config: TrainConfig, device: torch.device,
+                      size: tuple[int, int] | None = None) -> np.ndarray:
+    """Images of the validation prompts, seed `config.seed + i` for prompt i, at `size`
+    (width, height; with aspect buckets the train split's most common bucket, the shape the
+    LoRA saw most) or the resolution x resolution square.
 
     The VAE is loaded for this and freed afterwards; prompts come as cached text states, so
     no text encoder is needed. A fresh StableDiffusionPipeline with the saved LoRA and the
     same prompts and seeds draws the same images (tests check this).
 
     Returns:
-        float array (n, resolution, resolution, 3) in [0, 1].
+        float array (n, height, width, 3) in [0, 1].
     """
     from diffusers import StableDiffusionPipeline
 
+    width, height = size or (config.resolution, config.resolution)
     vae = load_component(config.model, "vae", unet.dtype).to(device)
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=None, tokenizer=None, unet=unet,
@@ -891,7 +955,7 @@ def validation_images(unet, prompt_embeds: list[torch.Tensor], empty_text: torch
     for i, embeds in enumerate(prompt_embeds):
         out = pipe(prompt_embeds=embeds[None].to(device, unet.dtype),
                    negative_prompt_embeds=empty_text[None].to(device, unet.dtype),
-                   height=config.resolution, width=config.resolution,
+                   height=height, width=width,
                    num_inference_steps=config.validation_inference_steps,
                    guidance_scale=config.validation_guidance_scale,
                    generator=cpu_generator(config.seed + i), output_type="np")
@@ -924,15 +988,24 @@ class TrainResult:
     cache_stats: dict
     attention: tuple[str, ...] = ()  # attention processors the UNet ran (see attention_processors)
     last_images: np.ndarray | None = None  # the last validation images, if made in this call
+    buckets: dict = field(default_factory=dict)  # "WxH" -> train images (aspect buckets only)
 
 
 def kohya_metadata(config: TrainConfig, steps: int, num_images: int,
-                   mixed_precision: str) -> dict[str, str]:
+                   mixed_precision: str,
+                   sizes: tuple[tuple[int, int], ...] | None = None) -> dict[str, str]:
     """Training facts under kohya's `ss_*` names, which A1111/ComfyUI show for a LoRA.
 
     `mixed_precision` is the resolved one ("no", "fp16", "bf16"). DoRA and LoRA+ go in
-    `ss_network_args`, where kohya records network options.
+    `ss_network_args`, where kohya records network options. With aspect buckets, `sizes`
+    (each train image's bucket) fills kohya's `ss_bucket_info`: every bucket's resolution
+    and image count.
     """
+    buckets = {}
+    if config.aspect_buckets and sizes:
+        buckets = {"ss_bucket_info": json.dumps({"buckets": {
+            str(i): {"resolution": list(size), "count": sizes.count(size)}
+            for i, size in enumerate(sorted(set(sizes)))}})}
     network_args = {}
     if config.use_dora:
         network_args["use_dora"] = True
@@ -960,6 +1033,7 @@ def kohya_metadata(config: TrainConfig, steps: int, num_images: int,
         "ss_ema_decay": config.ema_decay, "ss_channels_last": config.channels_last,
         "ss_allow_tf32": config.allow_tf32, "ss_torch_compile": config.torch_compile,
         "ss_background_loss_weight": config.background_loss_weight,
+        "ss_enable_bucket": config.aspect_buckets, **buckets,
         **({"ss_network_args": json.dumps(network_args)} if network_args else {}),
         "modelspec.architecture": "stable-diffusion-v1/lora", "modelspec.sai_model_spec": "1.0.0",
     }
@@ -1046,7 +1120,10 @@ def _train(config: TrainConfig, policy: DevicePolicy, progress: bool) -> TrainRe
     lora_params = [p for model in (unet, text_encoder) if model is not None
                    for p in model.parameters() if p.requires_grad]
     # 4. Run state; resume from the latest checkpoint if there is one.
-    state = LoopState(step=0, order=DataOrder(len(inputs.train), config.seed),
+    # With aspect buckets, each global micro-batch (every process's share) is one bucket's.
+    order = DataOrder(len(inputs.train), config.seed, inputs.train.groups(),
+                      config.train_batch_size * accelerator.num_processes)
+    state = LoopState(step=0, order=order,
                       generator=cpu_generator(config.seed + 1 + accelerator.process_index),
                       history=History(), ema=lora_ema(config, lora_params))
     resumed_from = None
@@ -1098,7 +1175,8 @@ def _train(config: TrainConfig, policy: DevicePolicy, progress: bool) -> TrainRe
         # 6. Export the LoRA in diffusers and kohya formats.
         with ema_weights(state.ema, lora_params):
             lora_diffusers, lora_kohya = export_lora(config, accelerator, unet, state.step,
-                                                     len(inputs.train), text_encoder)
+                                                     len(inputs.train), text_encoder,
+                                                     inputs.train.sizes)
     finally:
         bar.close()
         accelerator.end_training()
@@ -1117,7 +1195,17 @@ def _train(config: TrainConfig, policy: DevicePolicy, progress: bool) -> TrainRe
         step_seconds=tuple(seconds),
         peak_memory_bytes=peak_memory_bytes(policy.device), resumed_from=resumed_from,
         cache_stats={k: asdict(v) for k, v in inputs.stats.items()},
-        attention=attention_processors(accelerator.unwrap_model(unet)), last_images=last_images)
+        attention=attention_processors(accelerator.unwrap_model(unet)), last_images=last_images,
+        buckets=bucket_counts(inputs.train))
+
+
+def bucket_counts(split: CachedSplit) -> dict[str, int]:
+    """"WxH" -> how many images of the split train at that bucket, most first ({} without
+    aspect buckets)."""
+    if split.sizes is None:
+        return {}
+    counts = {f"{w}x{h}": split.sizes.count((w, h)) for w, h in sorted(set(split.sizes))}
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def lora_ema(config: TrainConfig, lora_params: list):
@@ -1348,7 +1436,8 @@ def accumulate_gradients(config: TrainConfig, accelerator, unet, inputs: CachedI
 
 
 def export_lora(config: TrainConfig, accelerator, unet, steps: int,
-                num_images: int, text_encoder=None) -> tuple[Path, Path]:
+                num_images: int, text_encoder=None,
+                sizes: tuple[tuple[int, int], ...] | None = None) -> tuple[Path, Path]:
     """Write the trained LoRA in diffusers and kohya formats (main process), then wait.
 
     Returns:
@@ -1361,7 +1450,8 @@ def export_lora(config: TrainConfig, accelerator, unet, steps: int,
         final_encoder = accelerator.unwrap_model(text_encoder) if text_encoder is not None else None
         save_diffusers_lora(final_unet, lora_diffusers, final_encoder)
         save_kohya_lora(final_unet, config.lora_alpha, lora_kohya,
-                        kohya_metadata(config, steps, num_images, accelerator.mixed_precision),
+                        kohya_metadata(config, steps, num_images, accelerator.mixed_precision,
+                                       sizes),
                         final_encoder)
     accelerator.wait_for_everyone()
     return lora_diffusers, lora_kohya
@@ -1400,7 +1490,8 @@ def run_validation(config: TrainConfig, accelerator, unet, inputs: CachedInputs,
                                           torch.float32)[0] for i in range(len(prompts))]
                     empty = text_states(inputs.empty_text[None], encoder, accelerator.device,
                                         torch.float32)[0]
-                images = validation_images(model, embeds, empty, config, accelerator.device)
+                images = validation_images(model, embeds, empty, config, accelerator.device,
+                                           inputs.train.most_common_size())
         if images is not None:
             grid = save_validation_grid(images, Path(config.output_dir) / "validation"
                                         / f"step_{state.step:06d}.png")

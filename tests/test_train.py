@@ -210,9 +210,13 @@ class FixedLatents:
 
     shape = (4, 8, 8)
     masked = False
+    sizes = None  # no aspect buckets
 
     def __len__(self) -> int:
         return 5
+
+    def groups(self) -> list[list[int]]:
+        return [list(range(5))]
 
     def latent(self, index: int, flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.full(self.shape, 3.0), torch.full(self.shape, 2.0)
@@ -905,3 +909,142 @@ def test_text_encoder_lora_trains_and_both_files_redraw_the_validation_images(
         if isinstance(layer, BaseTunerLayer):
             layer.enable_adapters(False)
     assert np.abs(draw() - with_text_lora).max() > 1e-4
+
+
+# --- aspect buckets
+
+# (width, height) of the bucket split's images: 3:4 photos (02's 448x576 at a small scale),
+# squares and one 4:3; at resolution 64 they train at 56x72, 64x64 and 72x56.
+BUCKET_IMAGE_SIZES = [(72, 96), (96, 96), (72, 96), (96, 96), (72, 96), (96, 72), (72, 96)]
+
+
+def make_bucket_split(folder: Path, seed: int) -> Path:
+    """A split of images of several shapes, with foreground masks, as 02 exports at buckets."""
+    (folder / "masks").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i, (w, h) in enumerate(BUCKET_IMAGE_SIZES):
+        pixels = np.full((h, w, 3), 245, np.uint8)
+        pixels[h // 4:3 * h // 4, 6:w // 2] = rng.integers(0, 255, 3)
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+        mask = np.zeros((h, w), np.uint8)
+        mask[h // 4:3 * h // 4, 6:w // 2] = 255
+        Image.fromarray(mask).save(folder / "masks" / f"{i}.png")
+        rows.append({"file_name": f"{i}.png", "mask_file_name": f"masks/{i}.png",
+                     "text": f"a professional product photo of {COLOURS[i % 8]} casual shoes",
+                     "width": w, "height": h})
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def bucket_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bucket_data")
+    return {"train": make_bucket_split(root / "train", 0), "val": make_bucket_split(root / "val", 1),
+            "cache": root / "cache"}
+
+
+def bucket_config(tiny_sd_dir, bucket_data, output_dir, **overrides) -> TrainConfig:
+    return small_config(tiny_sd_dir, bucket_data, output_dir, aspect_buckets=True,
+                        max_train_steps=4, checkpoint_every=2, validation_every=4,
+                        background_loss_weight=0.5, **overrides)
+
+
+def test_bucketed_data_order_never_mixes_buckets_and_restores():
+    groups = [[0, 2, 4, 6], [1, 3], [5]]
+    order = DataOrder(7, seed=1, groups=groups, batch=2)
+    member = {i: g for g, group in enumerate(groups) for i in group}
+    batches = [order.take(2) for _ in range(12)]
+    assert all(member[a] == member[b] for a, b in batches)
+    # an epoch is every group's batches (the last one filled from the same group): 2 + 1 + 1
+    assert sorted(i for b in batches[:4] for i in b) == [0, 1, 2, 3, 4, 5, 5, 6]
+    assert batches[:4] != batches[4:8]  # reshuffled every epoch
+    saved = order.state_dict()
+    ahead = [order.take(2) for _ in range(5)]
+    again = DataOrder(7, seed=99, groups=groups, batch=2)
+    again.load_state_dict(saved)
+    assert [again.take(2) for _ in range(5)] == ahead
+    with pytest.raises(ValueError, match="batches of 2, not 3"):
+        order.take(3)
+    # one group (every image in one bucket) is the order without buckets
+    assert DataOrder(5, seed=1, groups=[[0, 1, 2, 3, 4]], batch=2).take(10) == \
+        DataOrder(5, seed=1).take(10)
+
+
+def test_the_cache_is_keyed_by_bucket_and_masks_follow_its_geometry(tiny_sd_dir, tmp_path):
+    from diffusers import AutoencoderKL
+
+    from shoelib.latent_cache import latent_key, load_mask
+
+    vae = AutoencoderKL.from_pretrained(tiny_sd_dir, subfolder="vae")
+    folder = make_bucket_split(tmp_path / "imgs", 0)
+    images, masks = [folder / "0.png"], [folder / "masks" / "0.png"]  # 72x96
+    cache = tmp_path / "cache"
+    square, _ = cache_latents(images, 64, (False,), vae, cache, mask_paths=masks)
+    bucket, stats = cache_latents(images, 64, (False,), vae, cache, mask_paths=masks,
+                                  sizes=[(56, 72)])
+    assert stats.computed == 1 and bucket[0][False] != square[0][False]
+    assert load_latent(cache, bucket[0][False])[0].shape == (4, 9, 7)  # 72 / 8, 56 / 8
+    assert load_latent(cache, square[0][False])[0].shape == (4, 8, 8)
+    mask = load_mask(cache, bucket[0][False])
+    assert mask.shape == (1, 9, 7)
+    # the product covers rows 1/4 to 3/4: the mask's top and bottom latent rows are background
+    assert mask[0, 0].max() == 0 and mask[0, -1].max() == 0 and mask[0, 4, 1] == 1
+    # at the square, the key is what it was before buckets existed
+    data = images[0].read_bytes()
+    assert latent_key(data, 64, False, "fp", None, (64, 64)) == latent_key(data, 64, False, "fp")
+    assert latent_key(data, 64, False, "fp", None, (56, 72)) != latent_key(data, 64, False, "fp")
+
+
+def test_bucketed_run_batches_within_buckets_and_records_them(tiny_sd_dir, bucket_data, tmp_path,
+                                                              monkeypatch):
+    seen = []
+    real = train_module.sample_batch
+
+    def recording(split, indices, *args, **kwargs):
+        batch = real(split, indices, *args, **kwargs)
+        seen.append(({split.sizes[i] for i in indices}, tuple(batch.latents.shape[-2:]),
+                     tuple(batch.mask.shape[-2:])))
+        return batch
+
+    monkeypatch.setattr(train_module, "sample_batch", recording)
+    config = bucket_config(tiny_sd_dir, bucket_data, tmp_path)
+    result = train(config, progress=False)
+    assert result.buckets == {"56x72": 4, "64x64": 2, "72x56": 1}
+    assert len(seen) > 8
+    for sizes, latent, mask in seen:  # every batch (training and validation) one bucket
+        assert len(sizes) == 1
+        (w, h), = sizes
+        assert latent == mask == (h // 8, w // 8)
+    assert {s for sizes, _, _ in seen for s in sizes} == {(56, 72), (64, 64), (72, 56)}
+    # validation images at the most common bucket
+    assert result.last_images.shape == (2, 72, 56, 3)
+    header = read_kohya_header(result)
+    assert header["ss_enable_bucket"] == "True"
+    assert json.loads(header["ss_bucket_info"])["buckets"] == {
+        "0": {"resolution": [56, 72], "count": 4}, "1": {"resolution": [64, 64], "count": 2},
+        "2": {"resolution": [72, 56], "count": 1}}
+    # the option is part of the resume check
+    with pytest.raises(ResumeMismatchError, match="aspect_buckets: True -> False"):
+        train(replace(config, aspect_buckets=False), progress=False)
+
+
+def test_a_killed_bucketed_run_resumes_to_the_same_weights(tiny_sd_dir, bucket_data, tmp_path,
+                                                            monkeypatch):
+    straight = train(bucket_config(tiny_sd_dir, bucket_data, tmp_path / "straight"),
+                     progress=False)
+    cut = bucket_config(tiny_sd_dir, bucket_data, tmp_path / "cut")
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "save_checkpoint", _crash_after(2))
+        with pytest.raises(KeyboardInterrupt):
+            train(cut, progress=False)
+    resumed = train(cut, progress=False)
+    assert resumed.resumed_from == 2 and resumed.steps == 4
+    a, b = load_file(str(straight.lora_diffusers)), load_file(str(resumed.lora_diffusers))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.train_loss == straight.train_loss
+
+
+def test_aspect_buckets_must_be_true_or_false_in_05(tiny_sd_dir, data, tmp_path):
+    with pytest.raises(TrainConfigError, match=r"^aspect_buckets='yes' must be true or false$"):
+        small_config(tiny_sd_dir, data, tmp_path, aspect_buckets="yes")
