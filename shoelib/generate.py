@@ -51,6 +51,7 @@ from shoelib.captions import (
     fill,
     is_missing,
 )
+from shoelib.images import MAX_BUCKET_RATIO, bucket_sizes, nearest_bucket
 from shoelib.io import (
     FolderInUseError,
     atomic_path,
@@ -301,7 +302,11 @@ class GenerateConfig:
         steps: denoising steps.
         guidance_scale: classifier-free guidance weight.
         negative_prompt: what to steer away from ("" = none).
-        resolution: image side in px (multiple of 8).
+        resolution: image side in px (multiple of 8); with `aspect_ratio` the area side.
+        aspect_ratio: "W:H" of the images, e.g. "3:4" (the catalogue's); "1:1" = the
+            resolution x resolution square; otherwise the aspect bucket of about
+            resolution² px nearest it (`shoelib.images.bucket_sizes`: 448x576 at 512), as 05
+            trains with aspect_buckets. `size` is the (width, height) it gives.
         batch_size: images per pipeline call (the device policy may lower it:
             `DevicePolicy.batch_size`).
         max_attempts: tries per plan item (the next seed each time) before it is given up.
@@ -325,6 +330,12 @@ class GenerateConfig:
     # One LoRA per category (05's lora_per_category): (articleType, file); an item of a listed
     # category is rendered with its file instead of lora_path.
     category_loras: tuple[tuple[str, Path], ...] = ()
+    aspect_ratio: str = "1:1"
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the images: the square, or the bucket of `aspect_ratio`."""
+        return generation_size(self.resolution, self.aspect_ratio)
 
     def check(self) -> None:
         """Raise a clear error for unusable settings, before any model is loaded; errors
@@ -340,6 +351,7 @@ class GenerateConfig:
             raise GenerateConfigError(f"scheduler={self.scheduler!r} is unknown; use one of "
                                       f"{', '.join(SCHEDULERS)}")
         checks.whole_number(self.batch_size, "generation_batch_size", 1, 4, GenerateConfigError)
+        self.size  # validates aspect_ratio
         checks.whole_number(self.max_attempts, "max_attempts", 1, 3, GenerateConfigError)
         if not isinstance(self.negative_prompt, str):
             raise GenerateConfigError(f"negative_prompt={self.negative_prompt!r} must be text; "
@@ -352,6 +364,32 @@ class GenerateConfig:
     def lora_for(self, item: PlannedImage) -> Path | None:
         """The LoRA file that renders `item`."""
         return dict(self.category_loras).get(item.category, self.lora_path)
+
+
+def parse_aspect_ratio(text: object) -> tuple[int, int]:
+    """06's aspect_ratio "W:H" as two whole numbers, within the buckets' 1:2 to 2:1.
+
+    Raises:
+        GenerateConfigError: anything else, naming the parameter and the fix.
+    """
+    fix = 'use "W:H" with whole numbers, e.g. "3:4" (the catalogue\'s) or "1:1" (square)'
+    parts = text.split(":") if isinstance(text, str) else []
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise GenerateConfigError(f"aspect_ratio={text!r} is not a ratio; {fix}")
+    width, height = (int(p) for p in parts)
+    if max(width, height) / min(width, height) > MAX_BUCKET_RATIO:
+        raise GenerateConfigError(f"aspect_ratio={text!r} is beyond 1:2 and 2:1, the shapes "
+                                  f"the buckets (and 05) use; {fix}")
+    return width, height
+
+
+def generation_size(resolution: int, aspect_ratio: str) -> tuple[int, int]:
+    """(width, height) of 06's images: resolution x resolution for a square aspect_ratio,
+    else the aspect bucket of about resolution² px nearest it (multiples of 8)."""
+    width, height = parse_aspect_ratio(aspect_ratio)
+    if width == height:
+        return resolution, resolution
+    return nearest_bucket(width, height, bucket_sizes(resolution))
 
 
 def find_lora(output_root: str | Path, lora_path: str | None = "") -> Path | None:
@@ -482,7 +520,15 @@ def run_settings(plan_config: PromptPlanConfig, gen: GenerateConfig) -> dict[str
         "scheduler": gen.scheduler, "steps": gen.steps,
         "guidance_scale": float(gen.guidance_scale),
         "negative_prompt": gen.negative_prompt, "resolution": gen.resolution,
+        **_size_fields(gen),
     }
+
+
+def _size_fields(gen: GenerateConfig) -> dict[str, int]:
+    """width and height when they are not the resolution x resolution square (a square run
+    records what it recorded before aspect ratios existed, so it still resumes)."""
+    width, height = gen.size
+    return {} if width == height == gen.resolution else {"width": width, "height": height}
 
 
 def check_run_folder(out_dir: Path, settings: Mapping[str, Any]) -> None:
@@ -531,7 +577,7 @@ def image_record(item: PlannedImage, gen: GenerateConfig, *, seed: int, attempts
         "lora_strength": float(gen.lora_strength), "scheduler": gen.scheduler,
         "steps": gen.steps, "guidance_scale": float(gen.guidance_scale),
         "negative_prompt": gen.negative_prompt, "resolution": gen.resolution,
-        "process": process,
+        **_size_fields(gen), "process": process,
     }
 
 
@@ -542,7 +588,8 @@ def a1111_parameters(record: Mapping[str, Any]) -> str:
         lines.append(f"Negative prompt: {record['negative_prompt']}")
     lines.append(f"Steps: {record['steps']}, Sampler: {record['scheduler']}, "
                  f"CFG scale: {record['guidance_scale']}, Seed: {record['seed']}, "
-                 f"Size: {record['resolution']}x{record['resolution']}, "
+                 f"Size: {record.get('width', record['resolution'])}x"
+                 f"{record.get('height', record['resolution'])}, "
                  f"Model: {Path(str(record['model'])).name}")
     return "\n".join(lines)
 
@@ -619,8 +666,10 @@ def render(pipe: Any, prompts: Sequence[str], seeds: Sequence[int], gen: Generat
     float32 from the same seed. Returns its `GeneratedImage`s, in prompt order."""
     from shoelib.pipeline import generate_checked_batch
 
+    width, height = gen.size
     return generate_checked_batch(pipe, list(prompts), list(seeds), steps=gen.steps,
-                                  resolution=gen.resolution, guidance_scale=gen.guidance_scale,
+                                  resolution=gen.resolution, width=width, height=height,
+                                  guidance_scale=gen.guidance_scale,
                                   negative_prompt=gen.negative_prompt or None, policy=policy)
 
 
@@ -791,7 +840,8 @@ def run_summary(out_dir: Path, plan: Sequence[PlannedImage], manifest: pd.DataFr
                  else str(gen.lora_path) if gen.lora_path else None),
         "lora_strength": float(gen.lora_strength), "scheduler": gen.scheduler,
         "steps": gen.steps, "guidance_scale": float(gen.guidance_scale),
-        "resolution": gen.resolution, "negative_prompt": gen.negative_prompt,
+        "resolution": gen.resolution, "aspect_ratio": gen.aspect_ratio,
+        "width": gen.size[0], "height": gen.size[1], "negative_prompt": gen.negative_prompt,
         "max_attempts": gen.max_attempts, "n_planned": len(plan), "n_images": n,
         "n_failed": len(markers), "failed_indices": [m["index"] for m in markers],
         "n_regenerated": int(rows["attempts"].sum() - n)
@@ -879,7 +929,7 @@ GENERATE_PARAMETERS = (
     "output_root", "category", "categories", "category_shares", "model", "local_config", "device", "dtype", "generation_seed",
     "resolution", "guidance_scale", "lora_path", "lora_strength", "run_name", "n_images",
     "colour_distribution", "view_phrases", "caption_template", "negative_prompt", "scheduler",
-    "generation_steps", "generation_batch_size", "max_attempts",
+    "generation_steps", "generation_batch_size", "max_attempts", "aspect_ratio",
 )
 
 
@@ -917,7 +967,7 @@ def configs_from_params(params: Mapping[str, Any]) -> tuple[PromptPlanConfig, Ge
         guidance_scale=p["guidance_scale"], negative_prompt=p["negative_prompt"] or "",
         resolution=p["resolution"], batch_size=p["generation_batch_size"],
         max_attempts=p["max_attempts"], device=p["device"], dtype=p["dtype"],
-        local_config=p["local_config"])
+        local_config=p["local_config"], aspect_ratio=p["aspect_ratio"])
     gen.check()
     paths = RunPaths.from_param(p["output_root"])
     out_dir = paths.synthetic_run(p["run_name"])  # a bad name fails before any data is read

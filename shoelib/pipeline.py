@@ -211,11 +211,12 @@ def _from_hub(repo_id: str, dtype: torch.dtype, components: dict):
 
 # --- generation settings
 
-def resolution_problem(resolution: object) -> str | None:
+def resolution_problem(resolution: object, name: str = "resolution") -> str | None:
     """What is wrong with an image side for SD (training and generation alike), or None.
 
     The rule: a whole number of pixels, a positive multiple of 8 (the VAE downsamples 8x). The
     hint is the nearest such side (halfway values go up), so 100 suggests 104 everywhere.
+    `name` is the parameter the side came from (resolution, width, height).
     """
     if isinstance(resolution, int) and not isinstance(resolution, bool) \
             and resolution >= 8 and resolution % 8 == 0:
@@ -225,7 +226,7 @@ def resolution_problem(resolution: object) -> str | None:
         fix = max(8, 8 * math.floor(resolution / 8 + 0.5))
     else:
         fix = 512  # not a number at all: SD 1.5's own side
-    return f"resolution={resolution!r} is not a positive multiple of 8; use {fix}"
+    return f"{name}={resolution!r} is not a positive multiple of 8; use {fix}"
 
 
 def check_generation_settings(resolution: int, steps: int, guidance_scale: float = 7.5,
@@ -420,14 +421,14 @@ def decode_latents(pipe, latents: torch.Tensor) -> torch.Tensor:
         return pipe.vae.decode(scaled, return_dict=False)[0]
 
 
-def _render(pipe, prompts: Sequence[str], seeds: Sequence[int], *, steps: int, resolution: int,
-            guidance_scale: float, negative_prompt: str | None,
+def _render(pipe, prompts: Sequence[str], seeds: Sequence[int], *, steps: int, width: int,
+            height: int, guidance_scale: float, negative_prompt: str | None,
             device: str) -> list[GeneratedImage]:
     """One pipeline call for all prompts, each image from its own CPU-seeded noise, each
     checked. `seconds` is the call's wall time shared equally among its images."""
     dtype = pipeline_dtype(pipe)
-    side = resolution // pipe.vae_scale_factor
-    shape = (1, pipe.unet.config.in_channels, side, side)
+    shape = (1, pipe.unet.config.in_channels, height // pipe.vae_scale_factor,
+             width // pipe.vae_scale_factor)
     start_latents = torch.cat([initial_latents(s, shape, device, dtype) for s in seeds])
     negative = [negative_prompt] * len(prompts) if negative_prompt else None
     note = truncation_note(pipe.tokenizer, [*prompts, *([negative_prompt] if negative_prompt else [])])
@@ -437,7 +438,7 @@ def _render(pipe, prompts: Sequence[str], seeds: Sequence[int], *, steps: int, r
     synchronize(device)
     t0 = time.perf_counter()
     # Latent output, decoded here: the guard needs the latents each image came from.
-    latents = pipe(list(prompts), negative_prompt=negative, height=resolution, width=resolution,
+    latents = pipe(list(prompts), negative_prompt=negative, height=height, width=width,
                    num_inference_steps=steps, guidance_scale=guidance_scale,
                    latents=start_latents, generator=[step_noise_generator(s) for s in seeds],
                    output_type="latent", callback_on_step_end=watch).images
@@ -487,7 +488,8 @@ def truncation_note(tokenizer, prompts: Sequence[str]) -> str | None:
 def generate_checked_batch(pipe, prompts: Sequence[str], seeds: Sequence[int], *, steps: int,
                            resolution: int, guidance_scale: float = 7.5,
                            negative_prompt: str | None = None,
-                           policy: DevicePolicy) -> list[GeneratedImage]:
+                           policy: DevicePolicy, width: int | None = None,
+                           height: int | None = None) -> list[GeneratedImage]:
     """Generate several images in one pipeline call, check each, retry failures in float32.
 
     Each image starts from the CPU-seeded noise of its own seed, so it is the same whether it
@@ -508,6 +510,7 @@ def generate_checked_batch(pipe, prompts: Sequence[str], seeds: Sequence[int], *
         guidance_scale: classifier-free guidance weight.
         negative_prompt: what to steer away from (the same for every image), or None.
         policy: the device policy the pipeline was loaded with.
+        width, height: the image size when it is not resolution x resolution (multiples of 8).
 
     Returns:
         The checked images in prompt order; `fp32_retry` says which the float32 retry produced.
@@ -516,10 +519,15 @@ def generate_checked_batch(pipe, prompts: Sequence[str], seeds: Sequence[int], *
         GenerationSettingsError: bad resolution, steps or guidance scale.
     """
     check_generation_settings(resolution, steps, guidance_scale)
+    width = resolution if width is None else width
+    height = resolution if height is None else height
+    for name, side in (("width", width), ("height", height)):
+        if problem := resolution_problem(side, name):
+            raise GenerationSettingsError(problem)
     if len(prompts) != len(seeds) or not prompts:
         raise ValueError(f"{len(prompts)} prompts and {len(seeds)} seeds: give one seed per "
                          "prompt, at least one")
-    settings = {"steps": steps, "resolution": resolution, "guidance_scale": guidance_scale,
+    settings = {"steps": steps, "width": width, "height": height, "guidance_scale": guidance_scale,
                 "negative_prompt": negative_prompt, "device": policy.device}
     results = _render(pipe, prompts, seeds, **settings)
     failed = [i for i, r in enumerate(results) if r.verdict.problem not in ("ok", "safety_checker")]

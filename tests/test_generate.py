@@ -519,3 +519,47 @@ def test_a_second_run_into_the_same_folder_is_refused_while_the_first_renders(
     assert pngs(out) == [f"{i:06d}.png" for i in range(10)] and not list(out.glob(".*"))
     rows = [json.loads(line) for line in (out / G.MANIFEST).read_text().splitlines()]
     assert len(rows) == 10 == len({r["file_name"] for r in rows})
+
+
+# --- aspect ratio
+
+
+def test_aspect_ratio_gives_the_bucket_of_the_resolutions_area():
+    assert G.generation_size(512, "3:4") == (448, 576)  # the catalogue's, as 02's buckets
+    assert G.generation_size(512, "4:3") == (576, 448)
+    assert G.generation_size(64, "3:4") == (56, 72)
+    assert G.generation_size(512, "1:1") == G.generation_size(512, "2:2") == (512, 512)
+    assert G.generation_size(104, "1:1") == (104, 104)  # the square is the resolution itself
+
+
+@pytest.mark.parametrize("value", ["3x4", "3:", "0:1", "-3:4", 0.75, "1:3", "3:4:5"])
+def test_a_bad_aspect_ratio_is_one_line_naming_it(tiny_sd_dir, output_root, value):
+    with pytest.raises(G.GenerateConfigError, match=rf"^aspect_ratio={value!r} .*\"3:4\""):
+        gen_config(tiny_sd_dir, aspect_ratio=value).check()
+    with pytest.raises(G.GenerateConfigError) as err:  # 06's parameters, before any file
+        G.configs_from_params(_params_06(output_root / "nowhere", aspect_ratio=value))
+    assert str(err.value).startswith("aspect_ratio=") and "\n" not in str(err.value)
+
+
+def test_generate_at_an_aspect_ratio_writes_that_size_and_records_it(tiny_sd_dir, plan_config,
+                                                                      tmp_path):
+    out = tmp_path / "run"
+    plan = replace(plan_config, n_images=2)
+    G.generate(plan, gen_config(tiny_sd_dir, aspect_ratio="3:4"), out, progress=False)
+    for name in pngs(out):
+        with Image.open(out / name) as im:
+            assert im.size == (56, 72)
+            assert "Size: 56x72" in im.info["parameters"]
+        record = G.read_png_record(out / name)
+        assert (record["width"], record["height"]) == (56, 72)
+    summary = json.loads((out / G.SUMMARY).read_text())
+    assert (summary["aspect_ratio"], summary["width"], summary["height"]) == ("3:4", 56, 72)
+    assert json.loads((out / G.RUN_FILE).read_text())["height"] == 72
+    # a resume at another shape is another run: refused, naming what changed
+    with pytest.raises(G.RunMismatchError, match="height: 72 -> null"):
+        G.generate(plan, gen_config(tiny_sd_dir), out, progress=False)
+    # the square records what it did before aspect ratios existed
+    square = tmp_path / "square"
+    G.generate(plan, gen_config(tiny_sd_dir), square, progress=False)
+    assert "width" not in json.loads((square / G.RUN_FILE).read_text())
+    assert "width" not in G.read_png_record(square / pngs(square)[0])

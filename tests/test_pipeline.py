@@ -632,3 +632,14 @@ def test_playground_disables_generate_refuses_queued_clicks_and_keeps_the_last_r
         play.wait(30)
     assert [r.seed for r in play.results] == [9, 8]  # the newest first, the last two kept
     assert len(play.history.children) == 2
+
+
+def test_a_width_or_height_off_the_8_px_grid_is_named_before_rendering():
+    from shoelib.device import choose_policy
+    from shoelib.pipeline import GenerationSettingsError, generate_checked_batch
+
+    for name, sizes, fix in (("width", {"width": 60}, "64"), ("height", {"height": 0}, "8")):
+        with pytest.raises(GenerationSettingsError,
+                           match=rf"^{name}={sizes[name]} is not a positive multiple of 8; use {fix}$"):
+            generate_checked_batch(None, ["a shoe"], [1], steps=2, resolution=64,
+                                   policy=choose_policy("cpu"), **sizes)
