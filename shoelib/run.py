@@ -24,6 +24,7 @@ import argparse
 import ast
 import difflib
 import os
+import re
 import signal
 import sys
 import threading
@@ -92,9 +93,15 @@ def load_profile(profile: str, configs_dir: Path = CONFIGS_DIR) -> dict[str, Any
     return params
 
 
+# Whole numbers joined by colons: YAML 1.1 reads `3:4` as the base-60 number 184.
+_RATIO = re.compile(r"^\d+(:\d+)+$")
+
+
 def parse_overrides(pairs: list[list[str]]) -> dict[str, Any]:
-    """`-p key value` pairs; values are read as YAML scalars, so `40` is an int, `true` a bool."""
-    return {key: yaml.safe_load(value) for key, value in pairs}
+    """`-p key value` pairs; values are read as YAML scalars, so `40` is an int, `true` a bool,
+    except a ratio such as `3:4` (06's aspect_ratio), which stays text."""
+    return {key: value if _RATIO.match(value.strip()) else yaml.safe_load(value)
+            for key, value in pairs}
 
 
 def declared_parameters(step: Step) -> dict[str, Any]:

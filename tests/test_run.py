@@ -11,6 +11,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import yaml
 
 from shoelib import run
 from shoelib.paths import PROJECT_ROOT
@@ -46,6 +47,12 @@ def test_select_unknown_notebook_names_the_choices():
 def test_overrides_are_yaml_scalars():
     got = run.parse_overrides([["max_train_steps", "40"], ["device", "cpu"], ["flip", "true"]])
     assert got == {"max_train_steps": 40, "device": "cpu", "flip": True}
+
+
+def test_a_ratio_override_stays_text_not_yaml_base_60():
+    assert yaml.safe_load("3:4") == 184  # what YAML 1.1 makes of it
+    got = run.parse_overrides([["aspect_ratio", "3:4"], ["aspect_ratio_quoted", '"16:9"']])
+    assert got == {"aspect_ratio": "3:4", "aspect_ratio_quoted": "16:9"}
 
 
 def test_unknown_key_is_an_error_with_suggestion():
