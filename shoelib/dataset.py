@@ -869,8 +869,8 @@ def dataset_card(metadata: Mapping[str, Any]) -> str:
     padding = metadata.get("padding_share")
     padding_line = "" if not padding else (
         f"\nPadding (share of the pixels that are not photo, over all images): "
-        f"{padding['letterbox']['all']:.1%} in the {size}x{size} letterbox, "
-        f"{padding['buckets']['all']:.1%} with aspect buckets"
+        f"{padding['letterbox']['all']:.2%} in the {size}x{size} letterbox, "
+        f"{padding['buckets']['all']:.2%} with aspect buckets"
         f" ({'used here' if buckets else 'aspect_buckets: true'}).\n")
     return f"""---
 pretty_name: {pretty_name}

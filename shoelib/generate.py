@@ -374,6 +374,9 @@ def parse_aspect_ratio(text: object) -> tuple[int, int]:
     """
     fix = 'use "W:H" with whole numbers, e.g. "3:4" (the catalogue\'s) or "1:1" (square)'
     parts = text.split(":") if isinstance(text, str) else []
+    if isinstance(text, int) and not isinstance(text, bool):
+        # YAML 1.1 reads an unquoted 3:4 as the base-60 number 184
+        fix = f'quote it in YAML ("3:4"): unquoted, a ratio reads as a number; {fix}'
     if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
         raise GenerateConfigError(f"aspect_ratio={text!r} is not a ratio; {fix}")
     width, height = (int(p) for p in parts)

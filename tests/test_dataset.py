@@ -532,7 +532,7 @@ def test_export_at_aspect_buckets_records_each_size_and_redoes_the_images(small_
     assert meta["padding_share"]["letterbox"]["all"] == pytest.approx(0.25, abs=1e-4)
     assert meta["padding_share"]["buckets"]["all"] == pytest.approx(2 / 56, abs=1e-4)
     card = (out / "README.md").read_text()
-    assert "aspect bucket" in card and "25.0% in the 64x64 letterbox, 3.6% with aspect" in card
+    assert "aspect bucket" in card and "25.00% in the 64x64 letterbox, 3.57% with aspect" in card
     assert "`width`, `height`" in card
     train = dataset.read_split(out / "train")
     assert set(zip(train["width"], train["height"])) == {(56, 72)}

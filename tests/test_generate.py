@@ -563,3 +563,9 @@ def test_generate_at_an_aspect_ratio_writes_that_size_and_records_it(tiny_sd_dir
     G.generate(plan, gen_config(tiny_sd_dir), square, progress=False)
     assert "width" not in json.loads((square / G.RUN_FILE).read_text())
     assert "width" not in G.read_png_record(square / pngs(square)[0])
+
+
+def test_an_unquoted_yaml_ratio_is_named_with_the_quoting_fix(tiny_sd_dir):
+    with pytest.raises(G.GenerateConfigError,
+                       match=r'^aspect_ratio=184 is not a ratio; quote it in YAML \("3:4"\)'):
+        gen_config(tiny_sd_dir, aspect_ratio=yaml.safe_load("3:4")).check()
