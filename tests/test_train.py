@@ -990,6 +990,9 @@ def test_the_cache_is_keyed_by_bucket_and_masks_follow_its_geometry(tiny_sd_dir,
     assert mask.shape == (1, 9, 7)
     # the product covers rows 1/4 to 3/4: the mask's top and bottom latent rows are background
     assert mask[0, 0].max() == 0 and mask[0, -1].max() == 0 and mask[0, 4, 1] == 1
+    # the whole 3:4 image, not a square crop of it: the product keeps its share, half the
+    # rows times 30 of 72 columns
+    assert mask.mean().item() == pytest.approx(0.5 * 30 / 72, abs=0.01)
     # at the square, the key is what it was before buckets existed
     data = images[0].read_bytes()
     assert latent_key(data, 64, False, "fp", None, (64, 64)) == latent_key(data, 64, False, "fp")
