@@ -351,7 +351,7 @@ class GenerateConfig:
             raise GenerateConfigError(f"scheduler={self.scheduler!r} is unknown; use one of "
                                       f"{', '.join(SCHEDULERS)}")
         checks.whole_number(self.batch_size, "generation_batch_size", 1, 4, GenerateConfigError)
-        self.size  # validates aspect_ratio
+        parse_aspect_ratio(self.aspect_ratio)
         checks.whole_number(self.max_attempts, "max_attempts", 1, 3, GenerateConfigError)
         if not isinstance(self.negative_prompt, str):
             raise GenerateConfigError(f"negative_prompt={self.negative_prompt!r} must be text; "

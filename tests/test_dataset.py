@@ -535,7 +535,7 @@ def test_export_at_aspect_buckets_records_each_size_and_redoes_the_images(small_
     assert "aspect bucket" in card and "25.00% in the 64x64 letterbox, 3.57% with aspect" in card
     assert "`width`, `height`" in card
     train = dataset.read_split(out / "train")
-    assert set(zip(train["width"], train["height"])) == {(56, 72)}
+    assert set(zip(train["width"], train["height"], strict=True)) == {(56, 72)}
     # and back: the square again, every image redone
     again = dataset.export_dataset(dataset.plan_dataset(small_catalogue, square), out, square,
                                    progress=False)
