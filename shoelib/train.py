@@ -1257,7 +1257,8 @@ def check_inputs(config: TrainConfig) -> dict:
               "val": read_splits(folders(config.val_dir)) if config.val_dir else None}
     _require(config.background_loss_weight == 1 or "mask_path" in splits["train"].columns,
              f"background_loss_weight={config.background_loss_weight} needs foreground masks, "
-             f"but the train split's metadata.jsonl ({config.train_dir}) lists none (no mask_file_name); "
+             f"but {' / '.join(str(Path(d) / 'metadata.jsonl') for d in folders(config.train_dir))} "
+             "lists none (no mask_file_name); "
              "rerun 02_prepare_dataset to write them, or set background_loss_weight=1")
     check_model(config.model)
     return splits
