@@ -38,7 +38,7 @@ import statistics
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -166,6 +166,7 @@ class TrainConfig:
     text_encoder_lr: float | None = None  # its learning rate; None = learning_rate
     background_loss_weight: float = 1.0  # loss weight of background latent pixels (02's masks); 1 = off
     aspect_buckets: bool = False  # each image at its aspect bucket of ~resolution² px, one bucket per batch
+    category_balance: bool = False  # several train splits: each drawn about equally often (repeats)
     validation_every: int = 500   # steps; 0 = never
     num_validation_prompts: int = 4
     validation_inference_steps: int = 30
@@ -271,7 +272,8 @@ def check_config(c: TrainConfig) -> None:
     _require(whole(c.seed) and c.seed >= 0,
              f"seed={c.seed!r}{_alias('seed')} must be a whole number >= 0; use e.g. 42")
     for name in ("random_flip", "gradient_checkpointing", "use_dora", "channels_last",
-                 "allow_tf32", "torch_compile", "train_text_encoder", "aspect_buckets"):
+                 "allow_tf32", "torch_compile", "train_text_encoder", "aspect_buckets",
+                 "category_balance"):
         _require(isinstance(getattr(c, name), bool),
                  f"{name}={getattr(c, name)!r} must be true or false")
     _require(isinstance(c.caption_dropout, int | float) and 0 <= c.caption_dropout < 1,
@@ -630,13 +632,18 @@ class DataOrder:
     consecutive indices come from one group: each epoch shuffles every group, fills its last
     batch with the group's first shuffled indices again (a batch always has `batch` samples),
     and shuffles the batches of all groups together. `take(batch)` is then one batch.
+
+    With `repeats` (per index; `category_balance`), an epoch holds index i repeats[i] times.
     """
 
     def __init__(self, size: int, seed: int, groups: list[list[int]] | None = None,
-                 batch: int = 1) -> None:
+                 batch: int = 1, repeats: Sequence[int] | None = None) -> None:
         self.size = size
         self.groups = groups if groups is not None and len(groups) > 1 else None
         self.batch = batch
+        # All ones: the pool is range(size), and the stream is the one without repeats.
+        self.repeats = list(repeats) if repeats is not None else [1] * size
+        self.pool = [i for i in range(size) for _ in range(self.repeats[i])]
         self.generator = cpu_generator(seed)
         self.permutation: list[int] = []
         self.position = 0
@@ -644,9 +651,10 @@ class DataOrder:
 
     def _epoch(self) -> list[int]:
         if self.groups is None:
-            return torch.randperm(self.size, generator=self.generator).tolist()
+            return [self.pool[j] for j in torch.randperm(len(self.pool), generator=self.generator)]
         batches = []
-        for group in self.groups:
+        for members in self.groups:
+            group = [i for i in members for _ in range(self.repeats[i])]
             shuffled = [group[i] for i in torch.randperm(len(group), generator=self.generator)]
             filled = [shuffled[i % len(shuffled)]
                       for i in range(-(-len(shuffled) // self.batch) * self.batch)]
@@ -993,13 +1001,15 @@ class TrainResult:
 
 def kohya_metadata(config: TrainConfig, steps: int, num_images: int,
                    mixed_precision: str,
-                   sizes: tuple[tuple[int, int], ...] | None = None) -> dict[str, str]:
+                   sizes: tuple[tuple[int, int], ...] | None = None,
+                   dataset_dirs: dict | None = None) -> dict[str, str]:
     """Training facts under kohya's `ss_*` names, which A1111/ComfyUI show for a LoRA.
 
     `mixed_precision` is the resolved one ("no", "fp16", "bf16"). DoRA and LoRA+ go in
     `ss_network_args`, where kohya records network options. With aspect buckets, `sizes`
     (each train image's bucket) fills kohya's `ss_bucket_info`: every bucket's resolution
-    and image count.
+    and image count. `dataset_dirs` ({folder: {"n_repeats", "img_count"}}) is kohya's
+    `ss_dataset_dirs`: each train split with the repeats `category_balance` gave it.
     """
     buckets = {}
     if config.aspect_buckets and sizes:
@@ -1034,6 +1044,8 @@ def kohya_metadata(config: TrainConfig, steps: int, num_images: int,
         "ss_allow_tf32": config.allow_tf32, "ss_torch_compile": config.torch_compile,
         "ss_background_loss_weight": config.background_loss_weight,
         "ss_enable_bucket": config.aspect_buckets, **buckets,
+        "ss_category_balance": config.category_balance,
+        **({"ss_dataset_dirs": json.dumps(dataset_dirs)} if dataset_dirs else {}),
         **({"ss_network_args": json.dumps(network_args)} if network_args else {}),
         "modelspec.architecture": "stable-diffusion-v1/lora", "modelspec.sai_model_spec": "1.0.0",
     }
@@ -1122,7 +1134,8 @@ def _train(config: TrainConfig, policy: DevicePolicy, progress: bool) -> TrainRe
     # 4. Run state; resume from the latest checkpoint if there is one.
     # With aspect buckets, each global micro-batch (every process's share) is one bucket's.
     order = DataOrder(len(inputs.train), config.seed, inputs.train.groups(),
-                      config.train_batch_size * accelerator.num_processes)
+                      config.train_batch_size * accelerator.num_processes,
+                      repeats=splits["train"]["repeats"].tolist())
     state = LoopState(step=0, order=order,
                       generator=cpu_generator(config.seed + 1 + accelerator.process_index),
                       history=History(), ema=lora_ema(config, lora_params))
@@ -1176,7 +1189,7 @@ def _train(config: TrainConfig, policy: DevicePolicy, progress: bool) -> TrainRe
         with ema_weights(state.ema, lora_params):
             lora_diffusers, lora_kohya = export_lora(config, accelerator, unet, state.step,
                                                      len(inputs.train), text_encoder,
-                                                     inputs.train.sizes)
+                                                     inputs.train.sizes, dataset_dirs(splits["train"]))
     finally:
         bar.close()
         accelerator.end_training()
@@ -1248,12 +1261,18 @@ def check_inputs(config: TrainConfig) -> dict:
     Returns:
         {"train": DataFrame, "val": DataFrame or None} for `cache_inputs`.
     """
-    from shoelib.dataset import read_splits
+    import pandas as pd
+
+    from shoelib.dataset import read_split, read_splits
 
     def folders(value) -> list:
         return list(value) if isinstance(value, tuple) else [value]
 
-    splits = {"train": read_splits(folders(config.train_dir)),
+    train = [read_split(d) for d in folders(config.train_dir)]
+    repeats = (split_repeats([len(f) for f in train]) if config.category_balance
+               else [1] * len(train))
+    splits = {"train": pd.concat([f.assign(repeats=r) for f, r in zip(train, repeats, strict=True)],
+                                 ignore_index=True),
               "val": read_splits(folders(config.val_dir)) if config.val_dir else None}
     _require(config.background_loss_weight == 1 or "mask_path" in splits["train"].columns,
              f"background_loss_weight={config.background_loss_weight} needs foreground masks, "
@@ -1262,6 +1281,21 @@ def check_inputs(config: TrainConfig) -> dict:
              "rerun 02_prepare_dataset to write them, or set background_loss_weight=1")
     check_model(config.model)
     return splits
+
+
+def dataset_dirs(train) -> dict[str, dict[str, int]]:
+    """{category/split folder: {"n_repeats", "img_count"}} of the train frame (`check_inputs`)."""
+    folders = train["image_path"].map(lambda p: "/".join(Path(p).parts[-3:-1]))
+    return {folder: {"n_repeats": int(group["repeats"].iloc[0]), "img_count": len(group)}
+            for folder, group in train.groupby(folders, sort=False)}
+
+
+def split_repeats(sizes: Sequence[int]) -> list[int]:
+    """How often each train split's images are drawn per epoch under `category_balance`:
+    round(largest split / its size), at least 1, as kohya's `num_repeats` per dataset folder.
+    A category of 42 photos beside one of 277 is drawn 7 times per epoch instead of once."""
+    largest = max(sizes)
+    return [max(1, round(largest / n)) for n in sizes]
 
 
 def make_accelerator(config: TrainConfig, policy: DevicePolicy):
@@ -1438,7 +1472,8 @@ def accumulate_gradients(config: TrainConfig, accelerator, unet, inputs: CachedI
 
 def export_lora(config: TrainConfig, accelerator, unet, steps: int,
                 num_images: int, text_encoder=None,
-                sizes: tuple[tuple[int, int], ...] | None = None) -> tuple[Path, Path]:
+                sizes: tuple[tuple[int, int], ...] | None = None,
+                dataset_dirs: dict | None = None) -> tuple[Path, Path]:
     """Write the trained LoRA in diffusers and kohya formats (main process), then wait.
 
     Returns:
@@ -1452,7 +1487,7 @@ def export_lora(config: TrainConfig, accelerator, unet, steps: int,
         save_diffusers_lora(final_unet, lora_diffusers, final_encoder)
         save_kohya_lora(final_unet, config.lora_alpha, lora_kohya,
                         kohya_metadata(config, steps, num_images, accelerator.mixed_precision,
-                                       sizes),
+                                       sizes, dataset_dirs),
                         final_encoder)
     accelerator.wait_for_everyone()
     return lora_diffusers, lora_kohya

@@ -303,3 +303,42 @@ def test_the_category_recogniser_is_not_won_over_by_the_larger_class():
                                        other, ["B"] * 20)
     assert recogniser.share(rng.normal(1.5, 1.0, size=(400, 2))) < 0.4
     assert recogniser.real_test_share > 0.6
+
+
+def test_category_balance_repeats_the_smaller_categories_and_keeps_the_stream_without_it():
+    from collections import Counter
+
+    from shoelib.train import RESUME_FREE_KEYS, DataOrder, split_repeats
+
+    assert split_repeats([277, 42, 41]) == [1, 7, 7] and split_repeats([5]) == [1]
+    # all repeats 1 is the data order without repeats, index for index (earlier runs resume)
+    plain, ones = DataOrder(8, seed=3), DataOrder(8, seed=3, repeats=[1] * 8)
+    assert plain.take(40) == ones.take(40)
+    # an epoch holds each index as often as its repeats; batches of buckets hold them too
+    order = DataOrder(8, seed=3, repeats=[1] * 6 + [3] * 2)
+    counts = Counter(order.take(12))
+    assert counts == {**{i: 1 for i in range(6)}, 6: 3, 7: 3}
+    grouped = DataOrder(8, seed=3, groups=[[0, 1, 2, 6], [3, 4, 5, 7]], batch=2,
+                        repeats=[1] * 6 + [3] * 2)
+    epoch = [i for _ in range(6) for i in grouped.take(2)]
+    assert Counter(epoch)[6] == Counter(epoch)[7] == 3
+    assert "category_balance" not in RESUME_FREE_KEYS  # a resume may not change it
+
+
+def test_a_balanced_lora_records_each_split_s_repeats(tiny_sd_dir, two_categories, tmp_path):
+    from safetensors import safe_open
+
+    from shoelib.train import TrainConfig, train
+
+    dirs = tuple(RunPaths(two_categories).processed(c) / "train" for c in ("Casual Shoes", "Sandals"))
+    config = TrainConfig(model=str(tiny_sd_dir), train_dir=dirs, output_dir=tmp_path / "lora",
+                         cache_dir=tmp_path / "cache", resolution=64, max_train_steps=2,
+                         lr_warmup_steps=0, train_batch_size=2, validation_every=0,
+                         checkpoint_every=0, device="cpu", category_balance=True)
+    result = train(config, progress=False)
+    with safe_open(str(result.lora_kohya), "pt") as f:
+        header = f.metadata()
+    assert header["ss_category_balance"] == "True"
+    assert json.loads(header["ss_dataset_dirs"]) == {
+        "casual_shoes/train": {"n_repeats": 1, "img_count": 6},
+        "sandals/train": {"n_repeats": 3, "img_count": 2}}
