@@ -582,11 +582,13 @@ def per_category_results(sets: EvalSets, feats: dict[str, np.ndarray], checks: P
             other_labels = [*labels["train"][~mask["train"]], *references[1]]
             recogniser = category_recogniser(category, sub["train"], sub["test"],
                                              np.concatenate(others), other_labels, config.seed)
-            share = recogniser.share(sub["synthetic"])
-            rows.append(M.MetricResult(
-                "recognised as its category", None if np.isnan(share) else share,
-                n_synthetic=int(mask["synthetic"].sum()),
-                note=f"real test ceiling {recogniser.real_test_share:.2f}", better="higher"))
+            hits = recogniser.recognised(sub["synthetic"])
+            share = M.MetricResult(
+                "recognised as its category", float(hits.mean()) if len(hits) else None,
+                n_synthetic=len(hits), better="higher",
+                note=f"real test ceiling {recogniser.real_test_share:.2f}")
+            rows.append(M.with_ci(share, M.mean_ci(hits, config.bootstrap_samples, config.seed))
+                        if len(hits) else share)
         # "precision (synthetic)" -> "precision": every row here is of the synthetic images
         table[category] = {"real test": int(mask["test"].sum()),
                            "synthetic": int(mask["synthetic"].sum()),

@@ -247,6 +247,8 @@ def test_per_category_results_measure_each_category_against_its_own_photos():
     assert value["A"]["KID"] < value["B"]["KID"]
     assert value["A"]["colour accuracy"] == 1.0 and value["B"]["colour accuracy"] == 0.0
     assert value["A"]["recognised as its category"] > 0.9
+    recognised = record["B"]["recognised as its category"]
+    assert recognised["ci_low"] <= recognised["value"] <= recognised["ci_high"]
 
 
 # --- 05: one LoRA over several categories' splits
