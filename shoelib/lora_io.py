@@ -26,7 +26,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from shoelib.io import atomic_path
+from shoelib.io import atomic_path, plain_permissions
 
 LORA_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
 # The text encoder's attention projections, as diffusers' LoRA scripts train them.
@@ -111,6 +111,7 @@ def save_diffusers_lora(unet, path: str | Path, text_encoder=None) -> Path:
     try:
         StableDiffusionPipeline.save_lora_weights(
             staging, weight_name=path.name, safe_serialization=True, **layers)
+        plain_permissions(staging / path.name)  # safetensors writes 0600 files
         os.replace(staging / path.name, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -41,6 +41,17 @@ def test_temp_keeps_suffix_and_result_has_normal_permissions(tmp_path):
     assert stat.S_IMODE((tmp_path / "a" / "img.png").stat().st_mode) == 0o666 & ~umask
 
 
+def test_a_writer_that_replaces_the_temp_file_still_leaves_normal_permissions(tmp_path):
+    # safetensors writes its own 0600 file in place of the one it is given
+    with atomic_path(tmp_path / "lora.safetensors") as tmp:
+        tmp.unlink()
+        fd = os.open(tmp, os.O_CREAT | os.O_WRONLY, 0o600)
+        os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "lora.safetensors").stat().st_mode) == 0o666 & ~umask
+
+
 def test_json_round_trip_converts_numpy_and_keeps_order(tmp_path):
     obj = {"b": np.int64(3), "a": np.float32(0.5), "arr": np.arange(3), "p": tmp_path}
     write_json(tmp_path / "s.json", obj)

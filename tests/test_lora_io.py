@@ -87,6 +87,16 @@ def test_diffusers_file_loads_at_trained_strength(tiny_sd_dir, lora_pipe, export
     np.testing.assert_allclose(draw(fresh), trained, atol=1e-5)
 
 
+def test_both_files_can_be_read_by_others_like_any_written_file(exported):
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in exported:  # safetensors alone would leave them 0600
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path.name
+
+
 def test_diffusers_file_carries_rank_and_alpha(exported):
     header = read_header(exported[0])
     meta = json.loads(header["lora_adapter_metadata"])
