@@ -337,7 +337,9 @@ def test_notebook_01_on_real_sample(real_sample_dir, tmp_path):
     from shoelib.run import main
 
     out = tmp_path / "run"
+    # the demo profile lists three types; the figures below are Casual Shoes' alone
     rc = main(["--profile", "demo", "--only", "01", "-p", "data_root", str(real_sample_dir),
+               "-p", "categories", "[]",
                "-p", "output_root", str(out), "--reports-dir", str(tmp_path / "reports")])
     assert rc == 0
     analysis = out / "analysis"

@@ -458,7 +458,7 @@ def test_analysis_and_preparation_of_the_real_sample(real_sample_dir, tmp_path):
 
     out, reports = tmp_path / "run", tmp_path / "reports"
     code = run.main(["--profile", "demo", "--only", "01,02", "-p", "data_root",
-                     str(real_sample_dir), "-p", "output_root", str(out),
+                     str(real_sample_dir), "-p", "categories", "[]", "-p", "output_root", str(out),
                      "--reports-dir", str(reports)])
     assert code == 0
     processed = out / "processed" / "casual_shoes"
