@@ -641,6 +641,23 @@ def _crash_after(stop: int):
     return save_then_crash
 
 
+def _straight_and_resumed(make_config, monkeypatch):
+    """A 4-step run straight through, and the same run killed after its step-2 checkpoint and
+    resumed (`make_config(name)`: the config writing to folder `name`). Asserts that both end
+    with bit-identical LoRA files; returns (straight, resumed, the resumed run's config)."""
+    straight = train(make_config("straight"), progress=False)
+    cut = make_config("cut")
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "save_checkpoint", _crash_after(2))
+        with pytest.raises(KeyboardInterrupt):
+            train(cut, progress=False)
+    resumed = train(cut, progress=False)
+    assert resumed.resumed_from == 2 and resumed.steps == 4
+    a, b = load_file(str(straight.lora_diffusers)), load_file(str(resumed.lora_diffusers))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    return straight, resumed, cut
+
+
 @pytest.mark.parametrize("field,value,words", [
     ("mixed_precision", "fp8", "mixed_precision='fp8' is unknown; use one of auto, no, fp16, bf16"),
     ("optimizer", "sgd", "optimizer='sgd' is unknown; use one of adamw, adamw8bit, prodigy"),
@@ -729,17 +746,8 @@ def read_kohya_header(result) -> dict:
 ], ids=["prodigy", "adafactor", "ema", "dora-loraplus", "text-encoder-ema"])
 def test_each_option_resumes_to_the_same_weights(tiny_sd_dir, data, tmp_path, monkeypatch, options):
     values = dict(max_train_steps=4, validation_every=0, checkpoint_every=2, **options)
-    straight = train(small_config(tiny_sd_dir, data, tmp_path / "straight", **values),
-                     progress=False)
-    cut = small_config(tiny_sd_dir, data, tmp_path / "cut", **values)
-    with monkeypatch.context() as patch:
-        patch.setattr(train_module, "save_checkpoint", _crash_after(2))
-        with pytest.raises(KeyboardInterrupt):
-            train(cut, progress=False)
-    resumed = train(cut, progress=False)
-    assert resumed.resumed_from == 2 and resumed.steps == 4
-    a, b = load_file(str(straight.lora_diffusers)), load_file(str(resumed.lora_diffusers))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    _, resumed, cut = _straight_and_resumed(
+        lambda name: small_config(tiny_sd_dir, data, tmp_path / name, **values), monkeypatch)
     assert read_kohya_header(resumed)["ss_optimizer"] == cut.optimizer
 
 
@@ -1034,17 +1042,8 @@ def test_bucketed_run_batches_within_buckets_and_records_them(tiny_sd_dir, bucke
 
 def test_a_killed_bucketed_run_resumes_to_the_same_weights(tiny_sd_dir, bucket_data, tmp_path,
                                                             monkeypatch):
-    straight = train(bucket_config(tiny_sd_dir, bucket_data, tmp_path / "straight"),
-                     progress=False)
-    cut = bucket_config(tiny_sd_dir, bucket_data, tmp_path / "cut")
-    with monkeypatch.context() as patch:
-        patch.setattr(train_module, "save_checkpoint", _crash_after(2))
-        with pytest.raises(KeyboardInterrupt):
-            train(cut, progress=False)
-    resumed = train(cut, progress=False)
-    assert resumed.resumed_from == 2 and resumed.steps == 4
-    a, b = load_file(str(straight.lora_diffusers)), load_file(str(resumed.lora_diffusers))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    straight, resumed, _ = _straight_and_resumed(
+        lambda name: bucket_config(tiny_sd_dir, bucket_data, tmp_path / name), monkeypatch)
     assert resumed.train_loss == straight.train_loss
 
 
