@@ -2,7 +2,7 @@
 photos, and a sample-size guide.
 
     .venv/bin/python benchmarks/bench_metrics.py [--n 1000] [--dim 128] [--repeats 3]
-        [--catalog ../real-catalog] [--photos 120]
+        [--catalog CATALOGUE_FOLDER] [--photos 500] [--skip-timings]
 
 1. Seconds per measure (median of --repeats) on random (N, dim) feature matrices for both sets,
    N = --n, with the CIs 07 computes (bootstrap_samples 200, kid_subsets 100); dim 128 is the
@@ -76,16 +76,19 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--catalog", type=Path)
-    parser.add_argument("--photos", type=int, default=120)
+    parser.add_argument("--photos", type=int, default=500,
+                        help="photos per controlled set (4 sets are drawn)")
+    parser.add_argument("--skip-timings", action="store_true", help="only parts 2 and 3")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(1)
     pd.set_option("display.width", 250)
     pd.set_option("display.max_columns", 20)
-    print(f"1. seconds per measure, N = {args.n} per set, {args.dim}-d features, "
-          f"median of {args.repeats}:")
-    print(timings(args.n, args.dim, args.repeats).to_string(index=False))
+    if not args.skip_timings:
+        print(f"1. seconds per measure, N = {args.n} per set, {args.dim}-d features, "
+              f"median of {args.repeats}:")
+        print(timings(args.n, args.dim, args.repeats).to_string(index=False))
     if args.catalog is None:
         return
     n = args.photos
@@ -97,7 +100,7 @@ def main() -> None:
     print(f"\n2. controlled sets from {4 * n} real photos of {args.catalog.name} "
           f"(features: {ENCODER.name}; value [95 % CI]):")
     print(controls.control_table(results, n).to_string(index=False))
-    table, stable = controls.sample_size_guide(encoder(photos), [10, 20, 40, 80, 160, 240],
+    table, stable = controls.sample_size_guide(encoder(photos), [10, 20, 40, 80, 160, 320, 640, 1000],
                                                repeats=4)
     print("\n3. sample-size guide (real vs real, mean ± std over 4 repeats):")
     table["mean ± std"] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(table["mean"], table["std"], strict=True)]

@@ -3,7 +3,7 @@ and a sample-size guide: how many images each measure needs before it is stable.
 
 - real vs real (disjoint photos of one catalogue): distances near 0, precision/recall/coverage
   at the level two real samples reach, copies flagged at the chance rate of the calibration;
-- real vs blurred or colour-shifted real photos: fidelity (KID, FD, precision) worsens;
+- real vs blurred or colour-shifted real photos: fidelity (KID, FD, precision, density) worsens;
 - real vs copies of a few training photos: Vendi and coverage collapse, copies are flagged.
 """
 
@@ -76,7 +76,7 @@ def control_results(features: Callable[[Sequence[Image.Image]], np.ndarray],
 
 def control_table(results: dict[str, dict[str, MetricResult]], n_real: int) -> pd.DataFrame:
     """`control_results` as one row per set: each measure as "value [95 % CI]", and the N."""
-    columns = ("KID", "FD", "precision", "recall", "coverage", "Vendi", "flagged as copies")
+    columns = ("KID", "FD", "precision", "density", "recall", "coverage", "Vendi", "flagged as copies")
     return pd.DataFrame([{"set": name, "N": f"{n_real} real / {rows['KID'].n_synthetic}",
                           **{c: _cell(rows[c]) for c in columns}}
                          for name, rows in results.items()])
