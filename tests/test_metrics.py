@@ -520,3 +520,24 @@ def test_sscd_missing_file_is_one_line_with_the_download_command(tmp_path):
     message = str(err.value)
     assert "\n" not in message and f"curl -L -o {path} " in message
     assert message.endswith("sscd_disc_mixup.torchscript.pt")
+
+
+def test_library_versions_are_read_without_importing_the_libraries():
+    """Each feature space records the versions; importing transformers and torchmetrics just
+    for that cost 07 seconds. The figures must still be the libraries' own versions."""
+    import subprocess
+    import sys
+
+    code = ("import sys, json; from shoelib.metrics.features import library_versions; "
+            "v = library_versions(); print(json.dumps([v, sorted(m for m in "
+            "('transformers', 'torchmetrics') if m in sys.modules)]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    import json
+
+    import PIL
+    import transformers
+
+    versions, imported = json.loads(out.stdout.strip().splitlines()[-1])
+    assert imported == []
+    assert versions["transformers"] == transformers.__version__
+    assert versions["torch"] == torch.__version__ and versions["pillow"] == PIL.__version__
