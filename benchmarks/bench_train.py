@@ -15,6 +15,8 @@ Variants, each in its own subprocess so their peak RSS do not mix:
   stay in memory and encode the image and caption of every batch at every step.
 - UNet only: the same step on random tensors, no data and no encoders: the floor any input
   pipeline can reach.
+- with --torch-compile also shoelib with `torch_compile=True` (its first steps compile: use
+  --warmup 2 or more so that they are not timed).
 All train the same PEFT LoRA (rank 8, alpha 16 on to_q/to_k/to_v/to_out.0) with AdamW, batch 1,
 no accumulation, no gradient checkpointing, random flips, float32 on CPU.
 
@@ -105,7 +107,7 @@ def peak_rss_bytes() -> int:
 # --- the two variants (each runs in a child process)
 
 def run_shoelib(model: Path, split: Path, work: Path, steps: int, resolution: int,
-                checkpointing: bool) -> dict:
+                checkpointing: bool, compiled: bool = False) -> dict:
     from shoelib.train import TrainConfig, train
 
     config = TrainConfig(model=str(model), train_dir=str(split), output_dir=str(work / "out"),
@@ -113,7 +115,7 @@ def run_shoelib(model: Path, split: Path, work: Path, steps: int, resolution: in
                          max_train_steps=steps, lr_warmup_steps=0, train_batch_size=1,
                          gradient_accumulation_steps=1, validation_every=0,
                          checkpoint_every=0, checkpoints_to_keep=1, device="cpu",
-                         gradient_checkpointing=checkpointing)
+                         gradient_checkpointing=checkpointing, torch_compile=compiled)
     result = train(config, progress=False)
     return {"step_seconds": list(result.step_seconds), "trainable_params": result.trainable_params}
 
@@ -200,9 +202,9 @@ def run_unet_only(model: Path, steps: int, resolution: int, checkpointing: bool)
 def child(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     total = args.warmup + args.steps
-    if args.child == "shoelib":
+    if args.child in ("shoelib", "shoelib_compiled"):
         out = run_shoelib(args.model, args.split, args.work / "shoelib", total, args.resolution,
-                          args.gradient_checkpointing)
+                          args.gradient_checkpointing, compiled=args.child == "shoelib_compiled")
     elif args.child == "per_step":
         out = run_per_step_encoding(args.model, args.split, total, args.resolution,
                                     args.gradient_checkpointing)
@@ -253,7 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--gradient-checkpointing", action="store_true",
                         help="in every variant, as the full recipe (configs/full.yaml) trains")
-    parser.add_argument("--child", choices=("shoelib", "per_step", "unet_only"),
+    parser.add_argument("--torch-compile", action="store_true",
+                        help="also shoelib with torch_compile (the UNet compiled in place)")
+    parser.add_argument("--child", choices=("shoelib", "shoelib_compiled", "per_step", "unet_only"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--split", type=Path, help=argparse.SUPPRESS)
@@ -265,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     model = build_sd15_random(args.work / "sd15-random")
     split = make_split(args.work / "train")
-    variants = ("per_step", "shoelib", "unet_only")
+    variants = ("per_step", "shoelib", "unet_only") + (("shoelib_compiled",) if args.torch_compile else ())
     # Repeats alternate the variants, so a slow spell of a shared machine hits all of them.
     runs = [(v, measure(v, args, model, split)) for _ in range(args.repeats) for v in variants]
     results = {v: combine([r for name, r in runs if name == v], args.warmup) for v in variants}
@@ -281,13 +285,19 @@ def main(argv: list[str] | None = None) -> int:
         # The most any input pipeline could save: the step with no data work and no encoders.
         "floor_peak_rss_reduction": 1 - results["unet_only"]["peak_rss_bytes"] / base["peak_rss_bytes"],
     }
+    if args.torch_compile:
+        summary["compile_speedup"] = (ours["median_seconds_per_step"]
+                                      / results["shoelib_compiled"]["median_seconds_per_step"])
     print(f"\nLoRA training step, SD 1.5 architecture (random weights), {args.resolution} px, "
           f"batch 1, CPU, {torch.get_num_threads()} threads, gradient checkpointing "
           f"{'on' if args.gradient_checkpointing else 'off'}; median of {args.steps} steps "
           f"after {args.warmup} warm-up, {args.repeats} process(es) per variant")
     print(f"{'variant':<22}{'s/step':>9}{'steps/s':>9}{'peak RSS GB':>13}{'wall s':>9}")
-    for name, label in (("per_step", "encode every step"), ("shoelib", "shoelib (cached)"),
-                        ("unet_only", "UNet only (floor)")):
+    labels = [("per_step", "encode every step"), ("shoelib", "shoelib (cached)"),
+              ("unet_only", "UNet only (floor)")]
+    if args.torch_compile:
+        labels.append(("shoelib_compiled", "shoelib, torch_compile"))
+    for name, label in labels:
         r = results[name]
         print(f"{label:<22}{r['median_seconds_per_step']:>9.2f}"
               f"{1 / r['median_seconds_per_step']:>9.3f}{r['peak_rss_bytes'] / 1e9:>13.2f}"
@@ -299,6 +309,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{'met' if reduction >= 0.15 else 'missed'}; "
           f"a UNet-only step with no inputs at all: "
           f"{100 * summary['floor_peak_rss_reduction']:.1f}%)")
+    if args.torch_compile:
+        compiled = results["shoelib_compiled"]
+        print(f"torch_compile: {summary['compile_speedup']:.2f}x shoelib's steps/s after "
+              f"{args.warmup} warm-up step(s); its first step took "
+              f"{compiled['runs'][0]['step_seconds'][0]:.1f} s (compiling)")
     ok = summary["lora_params"] == SD15_LORA_PARAMS == base["trainable_params"]
     print(f"LoRA parameters at rank 8: {summary['lora_params']:,} "
           f"({'matches' if ok else 'DIFFERS FROM'} {SD15_LORA_PARAMS:,})")
