@@ -32,7 +32,7 @@ def results(photo_sets, one_torch_thread):
     reference, same, train, baseline = photo_sets
     sets = controls.control_sets(same, train, copies_of=4)
     return controls.control_results(M.EncoderFeatures(ENCODER), reference, train, baseline, sets,
-                                    n_boot=100)
+                                    n_boot=200)
 
 
 def test_real_vs_real_is_near_zero_and_at_chance(results):
@@ -50,7 +50,10 @@ def test_blur_and_colour_shift_worsen_fidelity_precision_and_coverage(results, d
     assert bad["FD"].ci_low > real["FD"].ci_high
     assert bad["coverage"].ci_high < real["coverage"].ci_low
     assert bad["recall"].ci_high < real["recall"].ci_low
-    assert bad["precision"].ci_high < real["precision"].ci_low
+    # Precision falls by a few hundredths: at 200 resamples the blurred set's interval touches
+    # real vs real's, so the drop is measured pair by pair, as its own interval.
+    assert bad["precision"].value < real["precision"].value
+    assert bad["precision drop"].ci_low > 0 and bad["density drop"].ci_low > 0
     assert bad["density"].ci_high < real["density"].ci_low
 
 
@@ -65,6 +68,7 @@ def test_control_table_has_n_and_cis(results):
     table = controls.control_table(results, N)
     assert list(table["set"]) == list(results) and set(table["N"]) == {f"{N} real / {N}"}
     assert all("[" in cell for cell in table["KID"])
+    assert list(table["precision drop"] != "-") == [name in controls.DISTORTED for name in results]
 
 
 def test_sample_size_guide_on_real_photos(photo_sets, one_torch_thread):

@@ -18,9 +18,13 @@ from PIL import Image, ImageFilter
 from shoelib.metrics.distances import fid, kid
 from shoelib.metrics.diversity import vendi_interval, vendi_score
 from shoelib.metrics.memorisation import memorisation
-from shoelib.metrics.precision_recall import prdc_results
+from shoelib.metrics.precision_recall import prdc_per_image, prdc_results
 from shoelib.metrics.results import MetricResult
-from shoelib.metrics.uncertainty import with_ci
+from shoelib.metrics.uncertainty import mean_ci, with_ci
+
+REAL = "real (disjoint photos)"
+# Sets whose image i is a version of REAL's image i: their drop is measured pair by pair.
+DISTORTED = ("blurred (Gaussian, radius 3 px)", "colour-shifted (RGB -> BRG)")
 
 
 def blurred(image: Image.Image, radius: float = 3.0) -> Image.Image:
@@ -38,9 +42,9 @@ def control_sets(same: Sequence[Image.Image], train: Sequence[Image.Image],
     """The controlled 'synthetic' sets, each as large as `same` (real photos unseen elsewhere):
     the photos themselves, blurred, colour-shifted, and `copies_of` training photos repeated."""
     n = len(same)
-    return {"real (disjoint photos)": list(same),
-            "blurred (Gaussian, radius 3 px)": [blurred(im) for im in same],
-            "colour-shifted (RGB -> BRG)": [colour_shifted(im) for im in same],
+    return {REAL: list(same),
+            DISTORTED[0]: [blurred(im) for im in same],
+            DISTORTED[1]: [colour_shifted(im) for im in same],
             f"copies of {copies_of} training photos": [train[i % copies_of] for i in range(n)]}
 
 
@@ -58,11 +62,18 @@ def control_results(features: Callable[[Sequence[Image.Image]], np.ndarray],
                     *, k: int = 5, n_boot: int = 200, seed: int = 0
                     ) -> dict[str, dict[str, MetricResult]]:
     """Every measure of each controlled set against the real `reference` photos, with N and
-    95 % CIs; memorisation against `train`, calibrated on `baseline` (unseen real photos)."""
+    95 % CIs; memorisation against `train`, calibrated on `baseline` (unseen real photos).
+
+    For the DISTORTED sets also "precision drop" and "density drop": REAL's per-image term minus
+    the distorted version's, photo by photo, with a bootstrap CI over the pairs. Two separate
+    intervals can touch while the paired difference clearly excludes 0.
+    """
     ref, tr, base = features(reference), features(train), features(baseline)
-    out = {}
+    out, terms = {}, {}
     for name, images in sets.items():
         syn = features(images)
+        if name == REAL or (name in DISTORTED and REAL in terms):
+            terms[name] = prdc_per_image(ref, syn, k)
         rows = {"KID": kid(ref, syn, subsets=50, seed=seed), "FD": fid(ref, syn, n_boot=n_boot, seed=seed)}
         rows.update({r.name.split(" ")[0]: r
                      for r in prdc_results(ref, syn, k=k, n_boot=n_boot, seed=seed)})
@@ -70,15 +81,23 @@ def control_results(features: Callable[[Sequence[Image.Image]], np.ndarray],
                                              better="higher"), vendi_interval(syn))
         memo = memorisation(syn, tr, base, n_boot=n_boot, seed=seed)
         rows["flagged as copies"] = next(r for r in memo.results if r.name.startswith("memorisation"))
+        if name in DISTORTED and name in terms:
+            for measure in ("precision", "density"):
+                drop = terms[REAL][measure] - terms[name][measure]
+                rows[f"{measure} drop"] = with_ci(MetricResult(
+                    f"{measure} drop", float(drop.mean()), n_synthetic=len(drop),
+                    note=f"{REAL} minus this set, photo by photo; CI: bootstrap over the pairs"),
+                    mean_ci(drop, n_boot, seed))
         out[name] = rows
     return out
 
 
 def control_table(results: dict[str, dict[str, MetricResult]], n_real: int) -> pd.DataFrame:
     """`control_results` as one row per set: each measure as "value [95 % CI]", and the N."""
-    columns = ("KID", "FD", "precision", "density", "recall", "coverage", "Vendi", "flagged as copies")
+    columns = ("KID", "FD", "precision", "precision drop", "density", "density drop", "recall",
+               "coverage", "Vendi", "flagged as copies")
     return pd.DataFrame([{"set": name, "N": f"{n_real} real / {rows['KID'].n_synthetic}",
-                          **{c: _cell(rows[c]) for c in columns}}
+                          **{c: _cell(rows[c]) if c in rows else "-" for c in columns}}
                          for name, rows in results.items()])
 
 
