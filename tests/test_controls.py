@@ -43,9 +43,9 @@ def test_real_vs_real_is_near_zero_and_at_chance(results):
     assert real["flagged as copies"].value <= 0.05  # the 99 % calibration: ~1 % by chance
 
 
-@pytest.mark.parametrize("distorted", ["blurred (Gaussian, radius 3 px)", "colour-shifted (RGB -> BRG)"])
+@pytest.mark.parametrize("distorted", controls.DISTORTED)
 def test_blur_and_colour_shift_worsen_fidelity_precision_and_coverage(results, distorted):
-    real, bad = results["real (disjoint photos)"], results[distorted]
+    real, bad = results[controls.REAL], results[distorted]
     assert bad["KID"].ci_low > real["KID"].ci_high
     assert bad["FD"].ci_low > real["FD"].ci_high
     assert bad["coverage"].ci_high < real["coverage"].ci_low

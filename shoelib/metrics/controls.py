@@ -72,7 +72,7 @@ def control_results(features: Callable[[Sequence[Image.Image]], np.ndarray],
     out, terms = {}, {}
     for name, images in sets.items():
         syn = features(images)
-        if name == REAL or (name in DISTORTED and REAL in terms):
+        if name == REAL or name in DISTORTED:
             terms[name] = prdc_per_image(ref, syn, k)
         rows = {"KID": kid(ref, syn, subsets=50, seed=seed), "FD": fid(ref, syn, n_boot=n_boot, seed=seed)}
         rows.update({r.name.split(" ")[0]: r
@@ -81,7 +81,7 @@ def control_results(features: Callable[[Sequence[Image.Image]], np.ndarray],
                                              better="higher"), vendi_interval(syn))
         memo = memorisation(syn, tr, base, n_boot=n_boot, seed=seed)
         rows["flagged as copies"] = next(r for r in memo.results if r.name.startswith("memorisation"))
-        if name in DISTORTED and name in terms:
+        if name in DISTORTED and REAL in terms:
             for measure in ("precision", "density"):
                 drop = terms[REAL][measure] - terms[name][measure]
                 rows[f"{measure} drop"] = with_ci(MetricResult(
