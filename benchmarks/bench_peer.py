@@ -25,6 +25,11 @@ Figures (medians over --repeats; the runs alternate, so a busy spell hits both t
   the peer's: the datasets arrow files of the imagefolder), as a second run on the same photos
   does; one extra first run per trainer starts with an empty cache and gives the cold figure;
 - peak RSS of each run's process (its rusage), and ratios ours/peer.
+Both trainers inherit this process's environment, so glibc's allocator settings apply to both
+alike: `MALLOC_MMAP_THRESHOLD_=1048576 .peer-venv/bin/python benchmarks/bench_peer.py ...`
+serves every allocation of 1 MB or more from its own mapping, returned to the system when
+freed, instead of from the heap, where freed activations fragment it (the setting is printed
+and recorded).
 shoelib's own in-loop step times (from its last checkpoint) are shown beside, as a check of
 the difference method.
 """
@@ -394,7 +399,8 @@ def print_table(summary: dict) -> None:
           f"{r['batch_size']}, rank {r['rank']} (alpha {r['rank']}), AdamW lr "
           f"{r['learning_rate']:g}, {summary['precision']} on {r['device']}, "
           f"{summary['threads']} threads, {summary['n_images']} photos; steady s/step = "
-          f"(t({n2}) - t({n1})) / {n2 - n1}; medians of {summary['repeats']} repeat(s)")
+          f"(t({n2}) - t({n1})) / {n2 - n1}; medians of {summary['repeats']} repeat(s); "
+          f"allocator: {' '.join(f'{k}={v}' for k, v in summary['allocator'].items()) or 'glibc defaults'}")
     print(f"{'grad ckpt':<11}{'trainer':<19}{'s/step':>8}{'in-loop':>9}{'first step s':>14}"
           f"{'(cold)':>8}{'peak RSS GB':>13}")
     for tag, result in summary["results"].items():
@@ -422,6 +428,12 @@ def print_table(summary: dict) -> None:
               f"(target >= {SPEED_TARGET}x: {'met' if q['speedup'] >= SPEED_TARGET else 'missed'}), "
               f"peak RSS {q['peak_rss']:.2f}x the peer's (target <= {MEMORY_TARGET}: "
               f"{'met' if q['peak_rss'] <= MEMORY_TARGET else 'missed'})")
+
+
+def allocator_settings() -> dict[str, str]:
+    """glibc malloc tunables in this environment (both trainers inherit them)."""
+    return {k: v for k, v in sorted(os.environ.items())
+            if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES"}
 
 
 def file_sha256(path: Path) -> str:
@@ -454,6 +466,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=Path("/tmp/shoelib-bench-peer"),
                         help="model (4.3 GB, built once), photos, runs")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--skip-cold", action="store_true",
+                        help="keep the trainers' input caches: no empty-cache first runs")
     parser.add_argument("--profile", action="store_true",
                         help="instead: our trainer once (--steps N2) under torch.profiler, "
                              "where its time and memory go")
@@ -500,12 +514,12 @@ def main(argv: list[str] | None = None) -> int:
                "precision": "bf16" if args.device == "cuda" else "float32",
                "torch": torch.__version__, "diffusers": diffusers.__version__,
                "peer_script": {"path": str(script), "sha256": file_sha256(script)},
-               "results": results}
+               "allocator": allocator_settings(), "results": results}
     for checkpointing in tags:
         recipe = Recipe(**{**asdict(base), "gradient_checkpointing": checkpointing})
         results["on" if checkpointing else "off"] = benchmark(
             recipe, args.steps, args.repeats, model, data, script, args.work, args.threads,
-            cold=not results)
+            cold=not results and not args.skip_cold)
         if args.json:  # after each setting: a long benchmark cut short keeps what it measured
             args.json.write_text(json.dumps(summary, indent=2))
     print_table(summary)

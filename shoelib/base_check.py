@@ -102,12 +102,12 @@ def measure(prompts: pd.DataFrame, generated_paths: list[str], encoder_dir: str 
     frame = prompts[["id", "articleType", "baseColour", "caption"]].copy()
     frame["generated_path"] = generated_paths
     rows = []
+    checks_fake = photo_check_table(fake, desc="generated checks")
+    checks_real = photo_check_table(real, desc="real checks")
     for label, column in (("passes photo checks", "conforms"), ("colour as asked", "colour_match")):
-        checks_fake = photo_check_table(fake, desc="generated checks")[column]
-        checks_real = photo_check_table(real, desc="real checks")[column]
-        frame[f"{column} (generated)"] = checks_fake.to_numpy()
-        frame[f"{column} (real)"] = checks_real.to_numpy()
-        rows.append((label, checks_fake.dropna(), checks_real.dropna()))
+        frame[f"{column} (generated)"] = checks_fake[column].to_numpy()
+        frame[f"{column} (real)"] = checks_real[column].to_numpy()
+        rows.append((label, checks_fake[column].dropna(), checks_real[column].dropna()))
     asked = list(prompts["articleType"])
     found_fake = type_predictions(generated_paths, encoder_dir)
     found_real = type_predictions(list(prompts["image_path"]), encoder_dir)

@@ -42,8 +42,10 @@ class ClassifierConfig:
             "probe" (a linear probe on the frozen image embeddings of `backbone`).
         backbone: for "probe": a DINOv2 or CLIP model, hub id or local folder.
         device: torch device.
-        threads: CPU threads while training; a model this small gains nothing from more,
-            and on a busy machine extra threads made each step 10x slower.
+        threads: CPU threads while training and predicting; 0 keeps torch's count (the
+            notebooks' `cpu_threads`). On a quiet 2-core machine 2 threads train the small CNN
+            faster than 1 (benchmarks/bench_threads.py); on a machine busy with other work,
+            one thread per process avoids their contention.
     """
 
     image_px: int = 32
@@ -204,9 +206,10 @@ def _to_tensor(x: np.ndarray) -> torch.Tensor:
 
 @contextmanager
 def torch_threads(n: int) -> Iterator[None]:
-    """Run a block with `n` torch CPU threads, restoring the previous number after."""
+    """Run a block with `n` torch CPU threads (0: the current count), restoring the previous
+    number after."""
     before = torch.get_num_threads()
-    torch.set_num_threads(n)
+    torch.set_num_threads(n or before)
     try:
         yield
     finally:

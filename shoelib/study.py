@@ -131,7 +131,7 @@ def config_from_params(*, study_fractions, study_synthetic_multiples, study_seed
         steps=checks.whole_number(study_steps, "study_steps", 1, 300, StudyConfigError),
         architecture=study_classifier,
         backbone=study_backbone if study_classifier == "probe" else "",
-        threads=max(1, checks.whole_number(cpu_threads, "cpu_threads", 0, 1, StudyConfigError)))
+        threads=checks.whole_number(cpu_threads, "cpu_threads", 0, 1, StudyConfigError))
     return StudyConfig(fractions=fractions, synthetic_multiples=multiples, seeds=tuple(seeds),
                        classifier=classifier), list(study_tasks)
 

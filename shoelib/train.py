@@ -936,12 +936,16 @@ def validation_loss(unet, split: CachedSplit, noise_scheduler, config: TrainConf
     return total / count, (foreground / count if split.masked else None)
 
 
+VALIDATION_BATCH = 8  # validation prompts per pipeline call: a batch of 8 costs a fraction of 8 calls
+
+
 def validation_images(unet, prompt_embeds: list[torch.Tensor], empty_text: torch.Tensor,
                       config: TrainConfig, device: torch.device,
-                      size: tuple[int, int] | None = None) -> np.ndarray:
+                      size: tuple[int, int] | None = None, batch_size: int = 1) -> np.ndarray:
     """Images of the validation prompts, seed `config.seed + i` for prompt i, at `size`
     (width, height; with aspect buckets the train split's most common bucket, the shape the
-    LoRA saw most) or the resolution x resolution square.
+    LoRA saw most) or the resolution x resolution square, `batch_size` prompts per pipeline
+    call (each image from its own generator, so the same image alone or batched).
 
     The VAE is loaded for this and freed afterwards; prompts come as cached text states, so
     no text encoder is needed. A fresh StableDiffusionPipeline with the saved LoRA and the
@@ -960,14 +964,16 @@ def validation_images(unet, prompt_embeds: list[torch.Tensor], empty_text: torch
         feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     images = []
-    for i, embeds in enumerate(prompt_embeds):
-        out = pipe(prompt_embeds=embeds[None].to(device, unet.dtype),
-                   negative_prompt_embeds=empty_text[None].to(device, unet.dtype),
+    for start in range(0, len(prompt_embeds), batch_size):
+        embeds = torch.stack(prompt_embeds[start:start + batch_size]).to(device, unet.dtype)
+        out = pipe(prompt_embeds=embeds,
+                   negative_prompt_embeds=empty_text[None].expand_as(embeds).to(device, unet.dtype),
                    height=height, width=width,
                    num_inference_steps=config.validation_inference_steps,
                    guidance_scale=config.validation_guidance_scale,
-                   generator=cpu_generator(config.seed + i), output_type="np")
-        images.append(out.images[0])
+                   generator=[cpu_generator(config.seed + i)
+                              for i in range(start, start + len(embeds))], output_type="np")
+        images.extend(out.images)
     del pipe, vae
     free_memory(device)
     return np.stack(images)
@@ -1527,7 +1533,8 @@ def run_validation(config: TrainConfig, accelerator, unet, inputs: CachedInputs,
                     empty = text_states(inputs.empty_text[None], encoder, accelerator.device,
                                         torch.float32)[0]
                 images = validation_images(model, embeds, empty, config, accelerator.device,
-                                           inputs.train.most_common_size())
+                                           inputs.train.most_common_size(),
+                                           batch_size=policy.batch_size(VALIDATION_BATCH))
         if images is not None:
             grid = save_validation_grid(images, Path(config.output_dir) / "validation"
                                         / f"step_{state.step:06d}.png")

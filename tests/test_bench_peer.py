@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import re
 import sys
 import urllib.error
@@ -126,11 +127,13 @@ def test_the_table_shows_each_trainer_and_the_targets(bench, capsys):
     ours, peer = figures(4.0, 4.0e9), figures(6.0, 5.0e9)
     summary = {"recipe": vars(bench.Recipe()), "steps": [2, 8], "repeats": 2, "threads": 2,
                "n_images": 32, "precision": "float32",
+               "allocator": {"MALLOC_MMAP_THRESHOLD_": "1048576"},
                "results": {"off": {"ours": ours, "peer": peer,
                                    "ours_over_peer": bench.compare(ours, peer)}}}
     bench.print_table(summary)
     out = capsys.readouterr().out
     assert "(t(8) - t(2)) / 6" in out
+    assert "allocator: MALLOC_MMAP_THRESHOLD_=1048576" in out
     assert re.search(r"off +shoelib +4\.00 +3\.60 +30\.0 +90\.0 +4\.00", out)
     assert re.search(r"off +diffusers script +6\.00", out)
     assert re.search(r"off +ours/peer +0\.67 +1\.00 +0\.80", out)
@@ -254,3 +257,15 @@ def test_profile_says_where_our_steps_time_and_memory_go(bench, tmp_path):
     assert re.search(r"aten::(addmm|mm|convolution|_convolution|mkldnn_convolution)", done.stdout)
     assert re.search(r"peak RSS \d+\.\d\d GB, of which the UNet's float32 weights 0\.\d\d GB",
                      done.stdout)
+
+
+def test_the_allocator_settings_both_trainers_inherit_are_recorded(bench, monkeypatch):
+    for name in [k for k in os.environ if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES"]:
+        monkeypatch.delenv(name)
+    assert bench.allocator_settings() == {}
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=0")
+    assert bench.allocator_settings() == {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0",
+                                          "MALLOC_MMAP_THRESHOLD_": "1048576"}
+    env = bench.child_env(2, Path("/tmp/w"))
+    assert env["MALLOC_MMAP_THRESHOLD_"] == "1048576"  # the children get them too

@@ -147,3 +147,21 @@ def test_the_probe_classifier_takes_a_backbone_and_a_bad_one_stops_before_traini
     with pytest.raises(ValueError, match="study_backbone=.* could not be loaded"):
         study.config_from_params(**PARAMS, study_classifier="probe",
                                  study_backbone=str(tmp_path / "missing"))
+
+
+def test_cpu_threads_0_trains_the_study_classifiers_on_torchs_own_thread_count():
+    import torch
+
+    from shoelib.classifier import torch_threads
+    config, _ = study.config_from_params(**{**PARAMS, "cpu_threads": 0})
+    assert config.classifier.threads == 0
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch_threads(config.classifier.threads):
+            assert torch.get_num_threads() == 2  # 0 = keep torch's count, not one thread
+        with torch_threads(1):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
