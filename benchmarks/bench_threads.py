@@ -22,7 +22,7 @@ import time
 import numpy as np
 import torch
 
-from shoelib.classifier import ClassifierConfig, LabelledSet, train_classifier
+from shoelib.classifier import ClassifierConfig, LabelledSet, torch_threads, train_classifier
 from shoelib.device import choose_policy
 from shoelib.generate import (
     GenerateConfig,
@@ -78,12 +78,8 @@ def main() -> None:
 
     def with_threads(run, n):  # generation follows the process's count, as in 04 and 06
         def timed() -> float:
-            before = torch.get_num_threads()
-            torch.set_num_threads(n)
-            try:
+            with torch_threads(n):
                 return run()
-            finally:
-                torch.set_num_threads(before)
         return timed
 
     works = {"generation, s/image": {n: with_threads(generate, n) for n in counts},
