@@ -5,8 +5,12 @@ A model pretrained by `python -m shoelib.pretrain` ships `holdout.csv` (the held
 ids, article types, colours and captions). The measures:
 - the weight-free photo checks of 07 (white background, centred, in frame, plausible size);
 - colour faithfulness (dominant foreground colour = the colour asked for / labelled);
-- article type: the image encoder's type head (trained on real photos) names the type asked for.
-Each is a share with its 95 % Wilson interval, for the generated images and for the real photos.
+- article type: the image encoder's type head (trained on real photos) names the type asked for;
+  as a share of all prompts, and as the mean of the per-type shares. The holdout holds each
+  type in proportion to the catalogue, so a model that draws only the commonest type (T-shirts)
+  scores the majority share on the first; on the second it scores 1 / number of types, chance.
+Each is a share with its 95 % interval (Wilson; for the mean over types, a bootstrap that
+resamples prompts within each type), for the generated images and for the real photos.
 """
 
 from __future__ import annotations
@@ -117,13 +121,33 @@ def measure(prompts: pd.DataFrame, generated_paths: list[str], encoder_dir: str 
     rows.append(("article type recognised", type_fake, type_real))
     table = []
     for label, fake_values, real_values in rows:
-        g, r = float(fake_values.mean()), float(real_values.mean())
-        g_lo, g_hi = wilson_interval(g, len(fake_values))
-        r_lo, r_hi = wilson_interval(r, len(real_values))
-        table.append({"measure": label, "generated": f"{g:.2f} [{g_lo:.2f}, {g_hi:.2f}]",
-                      "real photos": f"{r:.2f} [{r_lo:.2f}, {r_hi:.2f}]",
-                      "generated / real": round(g / r, 2) if r else None,
-                      "n": f"{len(fake_values)} / {len(real_values)}",
-                      "generated_value": g, "real_value": r})
+        shares = [(float(v.mean()), wilson_interval(float(v.mean()), len(v)))
+                  for v in (fake_values, real_values)]
+        table.append(_row(label, *shares, f"{len(fake_values)} / {len(real_values)}"))
+    shares = [mean_over_types(asked, hits.to_numpy()) for hits in (type_fake, type_real)]
+    table.append(_row("article type recognised, mean over types", *shares,
+                      f"{len(set(asked))} types"))
     counts = pd.Series(asked).value_counts(normalize=True)
     return BaseCheck(pd.DataFrame(table), frame, 1.0 / len(counts), float(counts.iloc[0]))
+
+
+def mean_over_types(types: list[str], hits: np.ndarray, n_boot: int = 200,
+                    seed: int = 0) -> tuple[float, tuple[float, float]]:
+    """The mean over types of each type's share of hits, and its 95 % bootstrap interval
+    (prompts resampled within each type, so every type stays in every resample)."""
+    from shoelib.metrics import percentile_interval
+
+    groups = [hits[np.asarray(types) == t] for t in dict.fromkeys(types)]
+    rng = np.random.default_rng(seed)
+    replicates = [np.mean([g[rng.integers(0, len(g), len(g))].mean() for g in groups])
+                  for _ in range(n_boot)]
+    return float(np.mean([g.mean() for g in groups])), percentile_interval(np.array(replicates))
+
+
+def _row(label: str, generated: tuple[float, tuple[float, float]],
+         real: tuple[float, tuple[float, float]], n: str) -> dict:
+    (g, (g_lo, g_hi)), (r, (r_lo, r_hi)) = generated, real
+    return {"measure": label, "generated": f"{g:.2f} [{g_lo:.2f}, {g_hi:.2f}]",
+            "real photos": f"{r:.2f} [{r_lo:.2f}, {r_hi:.2f}]",
+            "generated / real": round(g / r, 2) if r else None, "n": n,
+            "generated_value": g, "real_value": r}

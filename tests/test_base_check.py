@@ -35,7 +35,19 @@ def test_render_batches_like_single_images_and_resumes(tmp_path, one_torch_threa
 
     check = base_check.measure(prompts, batched, demo.ENCODER_DIR)
     assert list(check.table["measure"]) == ["passes photo checks", "colour as asked",
-                                            "article type recognised"]
+                                            "article type recognised",
+                                            "article type recognised, mean over types"]
     assert check.chance == 1 / 3
     # the real photos are measured with the same code: the encoder knows their types
     assert (check.frame["type found (real)"] == check.frame["articleType"]).mean() >= 2 / 3
+
+
+def test_mean_over_types_weighs_each_type_once():
+    # 3 T-shirt prompts all recognised, 1 of Heels missed: 0.75 of the prompts, 0.5 over types
+    types = ["Tshirts", "Tshirts", "Tshirts", "Heels"]
+    value, (lo, hi) = base_check.mean_over_types(types, np.array([1.0, 1.0, 1.0, 0.0]))
+    assert value == 0.5
+    assert (lo, hi) == (0.5, 0.5)  # resampling within a type cannot change an all-or-none type
+    value, (lo, hi) = base_check.mean_over_types(["a", "a", "b", "b"], np.array([1.0, 0.0, 1.0, 1.0]))
+    assert value == 0.75
+    assert 0.5 <= lo < value < hi <= 1.0
