@@ -9,8 +9,8 @@ ids, article types, colours and captions). The measures:
   as a share of all prompts, and as the mean of the per-type shares. The holdout holds each
   type in proportion to the catalogue, so a model that draws only the commonest type (T-shirts)
   scores the majority share on the first; on the second it scores 1 / number of types, chance.
-Each is a share with its 95 % interval (Wilson; for the mean over types, a bootstrap that
-resamples prompts within each type), for the generated images and for the real photos.
+Each is a share with its 95 % interval (Wilson; for the mean over types, a bootstrap over
+types and then prompts), for the generated images and for the real photos.
 """
 
 from __future__ import annotations
@@ -133,14 +133,18 @@ def measure(prompts: pd.DataFrame, generated_paths: list[str], encoder_dir: str 
 
 def mean_over_types(types: list[str], hits: np.ndarray, n_boot: int = 200,
                     seed: int = 0) -> tuple[float, tuple[float, float]]:
-    """The mean over types of each type's share of hits, and its 95 % bootstrap interval
-    (prompts resampled within each type, so every type stays in every resample)."""
+    """The mean over types of each type's share of hits, and its 95 % two-stage bootstrap
+    interval: the types resampled, then each drawn type's prompts. Resampling prompts within
+    types alone would give a type with one prompt no variance, and the demo's check asks for
+    most types once."""
     from shoelib.metrics import percentile_interval
 
     groups = [hits[np.asarray(types) == t] for t in dict.fromkeys(types)]
     rng = np.random.default_rng(seed)
-    replicates = [np.mean([g[rng.integers(0, len(g), len(g))].mean() for g in groups])
-                  for _ in range(n_boot)]
+    replicates = []
+    for _ in range(n_boot):
+        drawn = [groups[i] for i in rng.integers(0, len(groups), len(groups))]
+        replicates.append(np.mean([g[rng.integers(0, len(g), len(g))].mean() for g in drawn]))
     return float(np.mean([g.mean() for g in groups])), percentile_interval(np.array(replicates))
 
 

@@ -47,7 +47,11 @@ def test_mean_over_types_weighs_each_type_once():
     types = ["Tshirts", "Tshirts", "Tshirts", "Heels"]
     value, (lo, hi) = base_check.mean_over_types(types, np.array([1.0, 1.0, 1.0, 0.0]))
     assert value == 0.5
-    assert (lo, hi) == (0.5, 0.5)  # resampling within a type cannot change an all-or-none type
-    value, (lo, hi) = base_check.mean_over_types(["a", "a", "b", "b"], np.array([1.0, 0.0, 1.0, 1.0]))
-    assert value == 0.75
-    assert 0.5 <= lo < value < hi <= 1.0
+    assert lo == 0.0 and hi == 1.0  # two types: a resample can hold either one twice
+
+
+def test_mean_over_types_interval_with_one_prompt_per_type():
+    # the demo asks for most types once: the interval must still reflect the sampling
+    value, (lo, hi) = base_check.mean_over_types(list("abcdefgh"), np.array([1.0, 0, 1, 0, 0, 0, 1, 0]))
+    assert value == 3 / 8
+    assert 0.0 <= lo < value < hi <= 1.0
