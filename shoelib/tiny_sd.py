@@ -30,6 +30,9 @@ SD15_SCHEDULER = {  # stable-diffusion-v1-5 scheduler/scheduler_config.json
     "set_alpha_to_one": False,
     "skip_prk_steps": True,
     "steps_offset": 1,
+    # Without it DDIM and DDPM (whose default is True) clip each step's predicted latents to
+    # [-1, 1]; SD 1.5's latents reach beyond that, and the images lose their background.
+    "clip_sample": False,
 }
 
 

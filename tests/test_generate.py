@@ -174,6 +174,33 @@ def test_scheduler_names_keep_the_model_noise_schedule(name, cls):
     assert pipe.scheduler.config.beta_end == SD15_SCHEDULER["beta_end"]
 
 
+@pytest.mark.parametrize("source", ["embedded model", "tiny model"])
+def test_ddim_keeps_predicted_latents_beyond_one(source):
+    """SD 1.5's scheduler config sets clip_sample false. Without it DDIM's default clips every
+    step's predicted latents to [-1, 1], although scaled latents reach beyond that: the
+    embedded model's images then lose their white background."""
+    from types import SimpleNamespace
+
+    import torch
+    from diffusers import PNDMScheduler
+
+    from shoelib.demo import MODEL_DIR
+    from shoelib.tiny_sd import SD15_SCHEDULER
+
+    config = (PNDMScheduler.load_config(MODEL_DIR / "scheduler") if source == "embedded model"
+              else SD15_SCHEDULER)
+    pipe = SimpleNamespace(scheduler=PNDMScheduler.from_config(config))
+    G.set_scheduler(pipe, "ddim")
+    scheduler = pipe.scheduler
+    scheduler.set_timesteps(25)
+    t = scheduler.timesteps[0]
+    alpha = scheduler.alphas_cumprod[t]
+    x0 = torch.full((1, 4, 2, 2), 2.5)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    step = scheduler.step(noise, t, alpha.sqrt() * x0 + (1 - alpha).sqrt() * noise)
+    torch.testing.assert_close(step.pred_original_sample, x0)
+
+
 # --- finding and applying the LoRA
 
 
