@@ -10,7 +10,9 @@ ids, article types, colours and captions). The measures:
   type in proportion to the catalogue, so a model that draws only the commonest type (T-shirts)
   scores the majority share on the first; on the second it scores 1 / number of types, chance.
 Each is a share with its 95 % interval (Wilson; for the mean over types, a bootstrap over
-types and then prompts), for the generated images and for the real photos.
+types and then prompts), for the generated images, for the real photos, and for the real photos
+through the model's VAE (encoded and decoded): the ceiling of any image the model makes, so the
+gap splits into what the autoencoder loses and what the UNet has not learnt.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from shoelib.paths import resolve
 from shoelib.pretrain import HOLDOUT_CSV
@@ -80,6 +83,40 @@ def render(pipe, prompts: pd.DataFrame, out_dir: str | Path, *, seed: int, steps
     return [str(p) for p in paths]
 
 
+def vae_round_trip(pipe, prompts: pd.DataFrame, out_dir: str | Path, *, resolution: int,
+                   batch_size: int = 8) -> list[str]:
+    """Each row's real photo letterboxed to `resolution` (as pretraining and 02 fit photos),
+    encoded by the pipeline's VAE (posterior mean), decoded, written to `out_dir/<id>.png`.
+
+    The best any image of the model can do once it has passed through its autoencoder: the
+    photos measured this way separate what the VAE loses from what the UNet does not learn.
+    Images already written are kept, so a rerun resumes.
+    """
+    import torch
+
+    from shoelib.images import letterbox, open_image
+    from shoelib.io import atomic_path
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{i}.png" for i in prompts["id"]]
+    todo = [i for i, p in enumerate(paths) if not p.exists()]
+    vae = pipe.vae
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start:start + batch_size]
+        photos = [letterbox(open_image(prompts["image_path"].iloc[i], resolution), resolution)
+                  for i in chunk]
+        x = torch.stack([torch.from_numpy(np.array(p)).permute(2, 0, 1) for p in photos])
+        x = x.to(vae.device, vae.dtype) / 127.5 - 1.0
+        with torch.no_grad():
+            decoded = vae.decode(vae.encode(x).latent_dist.mode()).sample
+        pixels = ((decoded.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        for i, image in zip(chunk, pixels.permute(0, 2, 3, 1).cpu().numpy(), strict=True):
+            with atomic_path(paths[i]) as tmp:
+                Image.fromarray(image).save(tmp, format="PNG")
+    return [str(p) for p in paths]
+
+
 def type_predictions(paths: list[str], encoder_dir: str | Path) -> list[str]:
     """The article type the encoder's head names for each image."""
     import torch
@@ -97,35 +134,44 @@ def type_predictions(paths: list[str], encoder_dir: str | Path) -> list[str]:
     return out
 
 
-def measure(prompts: pd.DataFrame, generated_paths: list[str], encoder_dir: str | Path) -> BaseCheck:
-    """Generated images (one per prompt row, same order) and the real photos, measured alike."""
+def measure(prompts: pd.DataFrame, generated_paths: list[str], encoder_dir: str | Path,
+            round_trip_paths: list[str] | None = None) -> BaseCheck:
+    """Generated images (one per prompt row, same order) and the real photos, measured alike;
+    with `round_trip_paths` (`vae_round_trip`) also the real photos through the model's VAE."""
     from shoelib.evaluation import photo_check_table, wilson_interval
 
     real = prompts.assign(colour=prompts["baseColour"])
-    fake = real.assign(image_path=generated_paths)
+    sets = {"generated": list(generated_paths), "real": list(prompts["image_path"])}
+    if round_trip_paths is not None:
+        sets["vae"] = list(round_trip_paths)
     frame = prompts[["id", "articleType", "baseColour", "caption"]].copy()
     frame["generated_path"] = generated_paths
-    rows = []
-    checks_fake = photo_check_table(fake, desc="generated checks")
-    checks_real = photo_check_table(real, desc="real checks")
-    for label, column in (("passes photo checks", "conforms"), ("colour as asked", "colour_match")):
-        frame[f"{column} (generated)"] = checks_fake[column].to_numpy()
-        frame[f"{column} (real)"] = checks_real[column].to_numpy()
-        rows.append((label, checks_fake[column].dropna(), checks_real[column].dropna()))
+    if round_trip_paths is not None:
+        frame["vae_path"] = round_trip_paths
     asked = list(prompts["articleType"])
-    found_fake = type_predictions(generated_paths, encoder_dir)
-    found_real = type_predictions(list(prompts["image_path"]), encoder_dir)
-    frame["type found (generated)"], frame["type found (real)"] = found_fake, found_real
-    type_fake = pd.Series([float(a == f) for a, f in zip(asked, found_fake, strict=True)])
-    type_real = pd.Series([float(a == f) for a, f in zip(asked, found_real, strict=True)])
-    rows.append(("article type recognised", type_fake, type_real))
+    hits: dict[str, dict[str, pd.Series]] = {}
+    for name, paths in sets.items():
+        checks = photo_check_table(real.assign(image_path=paths), desc=f"{name} checks")
+        found = type_predictions(paths, encoder_dir)
+        hits[name] = {"passes photo checks": checks["conforms"],
+                      "colour as asked": checks["colour_match"],
+                      "article type recognised": pd.Series(
+                          [float(a == f) for a, f in zip(asked, found, strict=True)])}
+        frame[f"conforms ({name})"] = checks["conforms"].to_numpy()
+        frame[f"colour_match ({name})"] = checks["colour_match"].to_numpy()
+        frame[f"type found ({name})"] = found
     table = []
-    for label, fake_values, real_values in rows:
-        shares = [(float(v.mean()), wilson_interval(float(v.mean()), len(v)))
-                  for v in (fake_values, real_values)]
-        table.append(_row(label, *shares, f"{len(fake_values)} / {len(real_values)}"))
-    shares = [mean_over_types(asked, hits.to_numpy()) for hits in (type_fake, type_real)]
-    table.append(_row("article type recognised, mean over types", *shares,
+    for label in hits["generated"]:
+        shares = {}
+        for name in sets:
+            values = hits[name][label].dropna()
+            share = float(values.mean())
+            shares[name] = (share, wilson_interval(share, len(values)))
+        n = " / ".join(str(len(hits[name][label].dropna())) for name in ("generated", "real"))
+        table.append(_row(label, shares, n))
+    shares = {name: mean_over_types(asked, hits[name]["article type recognised"].to_numpy())
+              for name in sets}
+    table.append(_row("article type recognised, mean over types", shares,
                       f"{len(set(asked))} types"))
     counts = pd.Series(asked).value_counts(normalize=True)
     return BaseCheck(pd.DataFrame(table), frame, 1.0 / len(counts), float(counts.iloc[0]))
@@ -148,10 +194,17 @@ def mean_over_types(types: list[str], hits: np.ndarray, n_boot: int = 200,
     return float(np.mean([g.mean() for g in groups])), percentile_interval(np.array(replicates))
 
 
-def _row(label: str, generated: tuple[float, tuple[float, float]],
-         real: tuple[float, tuple[float, float]], n: str) -> dict:
-    (g, (g_lo, g_hi)), (r, (r_lo, r_hi)) = generated, real
-    return {"measure": label, "generated": f"{g:.2f} [{g_lo:.2f}, {g_hi:.2f}]",
-            "real photos": f"{r:.2f} [{r_lo:.2f}, {r_hi:.2f}]",
-            "generated / real": round(g / r, 2) if r else None, "n": n,
-            "generated_value": g, "real_value": r}
+COLUMNS = {"generated": "generated", "real": "real photos", "vae": "real photos through the VAE"}
+
+
+def _row(label: str, shares: dict[str, tuple[float, tuple[float, float]]], n: str) -> dict:
+    """One measure: each set's share with its interval, generated / real, and the raw shares
+    (`<set>_value`) for code that reads them."""
+    row: dict = {"measure": label}
+    for name, (value, (lo, hi)) in shares.items():
+        row[COLUMNS[name]] = f"{value:.2f} [{lo:.2f}, {hi:.2f}]"
+    g, r = shares["generated"][0], shares["real"][0]
+    row["generated / real"] = round(g / r, 2) if r else None
+    row["n"] = n
+    row.update({f"{name}_value": value for name, (value, _) in shares.items()})
+    return row

@@ -42,6 +42,32 @@ def test_render_batches_like_single_images_and_resumes(tmp_path, one_torch_threa
     assert (check.frame["type found (real)"] == check.frame["articleType"]).mean() >= 2 / 3
 
 
+def test_vae_round_trip_reconstructs_the_photos_and_is_measured_beside_them(tmp_path, one_torch_thread):
+    from shoelib.images import letterbox, open_image
+
+    pipe = load_pipeline(demo.MODEL_DIR, choose_policy("cpu", "float32"))
+    prompts = base_check.holdout_prompts(demo.MODEL_DIR, demo.PHOTOS_DIR, 3, seed=1)
+    paths = base_check.vae_round_trip(pipe, prompts, tmp_path / "vae", resolution=64, batch_size=2)
+    errors, offsets = [], []
+    for photo, path in zip(prompts["image_path"], paths, strict=True):
+        original = np.asarray(letterbox(open_image(photo, 64), 64), float)
+        decoded = np.asarray(Image.open(path), float)
+        assert decoded.shape == original.shape == (64, 64, 3)
+        errors.append(np.abs(decoded - original).mean())
+        offsets.append(np.abs(np.roll(decoded, 8, axis=1) - original).mean())
+    # the shipped VAE reconstructs each photo, far closer than the photo shifted by 8 px
+    assert max(errors) < 20 and all(e < o / 2 for e, o in zip(errors, offsets, strict=True))
+    before = [p.stat().st_mtime_ns for p in (tmp_path / "vae").iterdir()]
+    assert base_check.vae_round_trip(pipe, prompts, tmp_path / "vae", resolution=64) == paths
+    assert [p.stat().st_mtime_ns for p in (tmp_path / "vae").iterdir()] == before
+
+    check = base_check.measure(prompts, paths, demo.ENCODER_DIR, round_trip_paths=paths)
+    # the round trip passed as the generated images too: both columns hold the same shares
+    assert "real photos through the VAE" in check.table
+    assert (check.table["generated_value"] == check.table["vae_value"]).all()
+    assert list(check.frame["vae_path"]) == paths
+
+
 def test_mean_over_types_weighs_each_type_once():
     # 3 T-shirt prompts all recognised, 1 of Heels missed: 0.75 of the prompts, 0.5 over types
     types = ["Tshirts", "Tshirts", "Tshirts", "Heels"]
