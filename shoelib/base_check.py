@@ -84,15 +84,17 @@ def render(pipe, prompts: pd.DataFrame, out_dir: str | Path, *, seed: int, steps
 
 
 def vae_round_trip(pipe, prompts: pd.DataFrame, out_dir: str | Path, *, resolution: int,
-                   batch_size: int = 8) -> list[str]:
+                   batch_size: int = 2) -> list[str]:
     """Each row's real photo letterboxed to `resolution` (as pretraining and 02 fit photos),
     encoded by the pipeline's VAE (posterior mean), decoded, written to `out_dir/<id>.png`.
 
     The best any image of the model can do once it has passed through its autoencoder: the
     photos measured this way separate what the VAE loses from what the UNet does not learn.
-    Images already written are kept, so a rerun resumes.
+    Images already written are kept, so a rerun resumes. Batches are small for the reason
+    diffusers' VAE slicing decodes one image at a time: the VAE at 512 px is memory-hungry.
     """
     import torch
+    from tqdm.auto import tqdm
 
     from shoelib.images import letterbox, open_image
     from shoelib.io import atomic_path
@@ -102,6 +104,7 @@ def vae_round_trip(pipe, prompts: pd.DataFrame, out_dir: str | Path, *, resoluti
     paths = [out_dir / f"{i}.png" for i in prompts["id"]]
     todo = [i for i, p in enumerate(paths) if not p.exists()]
     vae = pipe.vae
+    bar = tqdm(total=len(paths), initial=len(paths) - len(todo), desc="through the VAE")
     for start in range(0, len(todo), batch_size):
         chunk = todo[start:start + batch_size]
         photos = [letterbox(open_image(prompts["image_path"].iloc[i], resolution), resolution)
@@ -114,6 +117,8 @@ def vae_round_trip(pipe, prompts: pd.DataFrame, out_dir: str | Path, *, resoluti
         for i, image in zip(chunk, pixels.permute(0, 2, 3, 1).cpu().numpy(), strict=True):
             with atomic_path(paths[i]) as tmp:
                 Image.fromarray(image).save(tmp, format="PNG")
+        bar.update(len(chunk))
+    bar.close()
     return [str(p) for p in paths]
 
 
