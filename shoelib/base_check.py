@@ -52,6 +52,29 @@ def holdout_prompts(model: str | Path, data_root: str | Path, n: int, seed: int 
     return rows.sort_values(["_rank", "articleType"]).head(n).drop(columns="_rank").reset_index(drop=True)
 
 
+def _write_missing(prompts: pd.DataFrame, out_dir: str | Path, batch_size: int, desc: str,
+                   make) -> list[str]:
+    """`out_dir/<id>.png` for every prompt row, in row order: `make(rows)` gives the images of
+    up to `batch_size` rows not yet written. Images already written are kept, so a rerun
+    resumes."""
+    from tqdm.auto import tqdm
+
+    from shoelib.io import atomic_path
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{i}.png" for i in prompts["id"]]
+    todo = [i for i, p in enumerate(paths) if not p.exists()]
+    with tqdm(total=len(paths), initial=len(paths) - len(todo), desc=desc) as bar:
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            for i, image in zip(chunk, make(chunk), strict=True):
+                with atomic_path(paths[i]) as tmp:
+                    image.save(tmp, format="PNG")
+            bar.update(len(chunk))
+    return [str(p) for p in paths]
+
+
 def render(pipe, prompts: pd.DataFrame, out_dir: str | Path, *, seed: int, steps: int,
            resolution: int, guidance_scale: float, policy, batch_size: int = 8) -> list[str]:
     """Generate one image per prompt row (seed `seed + i` for row i) into `out_dir/<id>.png`.
@@ -60,27 +83,15 @@ def render(pipe, prompts: pd.DataFrame, out_dir: str | Path, *, seed: int, steps
     tiny model's images are the same alone or batched, and a batch of 8 costs a fraction of
     8 calls. Images already written are kept, so a rerun resumes.
     """
-    from tqdm.auto import tqdm
-
-    from shoelib.io import atomic_path
     from shoelib.pipeline import generate_checked_batch
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{i}.png" for i in prompts["id"]]
-    todo = [i for i, p in enumerate(paths) if not p.exists()]
-    step = policy.batch_size(batch_size)
-    with tqdm(total=len(paths), initial=len(paths) - len(todo), desc="base-model check") as bar:
-        for start in range(0, len(todo), step):
-            chunk = todo[start:start + step]
-            results = generate_checked_batch(
-                pipe, [prompts["caption"].iloc[i] for i in chunk], [seed + i for i in chunk],
-                steps=steps, resolution=resolution, guidance_scale=guidance_scale, policy=policy)
-            for i, result in zip(chunk, results, strict=True):
-                with atomic_path(paths[i]) as tmp:
-                    result.image.save(tmp, format="PNG")
-            bar.update(len(chunk))
-    return [str(p) for p in paths]
+    def make(rows: list[int]) -> list[Image.Image]:
+        results = generate_checked_batch(
+            pipe, [prompts["caption"].iloc[i] for i in rows], [seed + i for i in rows],
+            steps=steps, resolution=resolution, guidance_scale=guidance_scale, policy=policy)
+        return [r.image for r in results]
+
+    return _write_missing(prompts, out_dir, policy.batch_size(batch_size), "base-model check", make)
 
 
 def vae_round_trip(pipe, prompts: pd.DataFrame, out_dir: str | Path, *, resolution: int,
@@ -94,32 +105,23 @@ def vae_round_trip(pipe, prompts: pd.DataFrame, out_dir: str | Path, *, resoluti
     diffusers' VAE slicing decodes one image at a time: the VAE at 512 px is memory-hungry.
     """
     import torch
-    from tqdm.auto import tqdm
 
     from shoelib.images import letterbox, open_image
-    from shoelib.io import atomic_path
+    from shoelib.pretrain import to_unit
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{i}.png" for i in prompts["id"]]
-    todo = [i for i, p in enumerate(paths) if not p.exists()]
     vae = pipe.vae
-    bar = tqdm(total=len(paths), initial=len(paths) - len(todo), desc="through the VAE")
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start:start + batch_size]
+
+    def make(rows: list[int]) -> list[Image.Image]:
         photos = [letterbox(open_image(prompts["image_path"].iloc[i], resolution), resolution)
-                  for i in chunk]
+                  for i in rows]
         x = torch.stack([torch.from_numpy(np.array(p)).permute(2, 0, 1) for p in photos])
-        x = x.to(vae.device, vae.dtype) / 127.5 - 1.0
         with torch.no_grad():
-            decoded = vae.decode(vae.encode(x).latent_dist.mode()).sample
+            decoded = vae.decode(vae.encode(to_unit(x).to(vae.device, vae.dtype))
+                                 .latent_dist.mode()).sample
         pixels = ((decoded.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        for i, image in zip(chunk, pixels.permute(0, 2, 3, 1).cpu().numpy(), strict=True):
-            with atomic_path(paths[i]) as tmp:
-                Image.fromarray(image).save(tmp, format="PNG")
-        bar.update(len(chunk))
-    bar.close()
-    return [str(p) for p in paths]
+        return [Image.fromarray(a) for a in pixels.permute(0, 2, 3, 1).cpu().numpy()]
+
+    return _write_missing(prompts, out_dir, batch_size, "through the VAE", make)
 
 
 def type_predictions(paths: list[str], encoder_dir: str | Path) -> list[str]:
@@ -167,13 +169,12 @@ def measure(prompts: pd.DataFrame, generated_paths: list[str], encoder_dir: str 
         frame[f"type found ({name})"] = found
     table = []
     for label in hits["generated"]:
-        shares = {}
+        shares, counts = {}, {}
         for name in sets:
             values = hits[name][label].dropna()
-            share = float(values.mean())
+            share, counts[name] = float(values.mean()), len(values)
             shares[name] = (share, wilson_interval(share, len(values)))
-        n = " / ".join(str(len(hits[name][label].dropna())) for name in ("generated", "real"))
-        table.append(_row(label, shares, n))
+        table.append(_row(label, shares, f"{counts['generated']} / {counts['real']}"))
     shares = {name: mean_over_types(asked, hits[name]["article type recognised"].to_numpy())
               for name in sets}
     table.append(_row("article type recognised, mean over types", shares,
